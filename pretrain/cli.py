@@ -1,0 +1,67 @@
+"""What every command line of this project shares: one-line errors and multi-process setup.
+
+A user mistake (bad config value, missing file, mismatched checkpoint) ends with one line on
+stderr naming the problem and the fix, exit code 2, and no traceback. Bugs still raise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+from absl import flags
+
+from pretrain.checkpoint import CheckpointError
+
+# Exceptions that mean "the user asked for something that cannot work", not "the code is wrong".
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError)
+
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "Index of this process, 0..num_processes-1.")
+
+FLAGS = flags.FLAGS
+
+
+def fail(message: str) -> None:
+    """Prints one error line and exits with status 2."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:
+    """Runs `fn`, turning USER_ERRORS into one line and exit code 2."""
+    try:
+        fn()
+    except USER_ERRORS as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _on_cluster_without_flags() -> bool:
+    # TPU VMs and SLURM jobs describe the cluster in the environment; JAX reads it itself.
+    if "TPU_WORKER_HOSTNAMES" in os.environ or "CLOUD_TPU_TASK_ID" in os.environ:
+        return True
+    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` from the flags, or from the TPU/SLURM environment."""
+    given = [FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id]
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            fail(
+                "--coordinator_address, --num_processes and --process_id go together; "
+                "give all three (or none on TPU VMs and SLURM)."
+            )
+        if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+            # Cross-process collectives on CPU need gloo (the default has none).
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif _on_cluster_without_flags():
+        jax.distributed.initialize()

@@ -1,0 +1,82 @@
+"""Optax optimizers for BERT: AdamW or LAMB, warmup then decay, weight-decay mask, clipping.
+
+The defaults follow google-research/bert `optimization.py`: Adam with decoupled weight decay
+0.01 that skips LayerNorm parameters and biases, eps 1e-6, linear warmup and linear decay to 0,
+gradients clipped to global norm 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+# Parameter leaf names that receive weight decay: matrices and embedding tables. Biases,
+# LayerNorm scales and the MLM output bias do not (original BERT's exclusion list).
+DECAYED_LEAF_NAMES = ("kernel", "embedding")
+
+
+def learning_rate_schedule(
+    opt_config: ml_collections.ConfigDict, num_train_steps: int
+) -> optax.Schedule:
+    """Linear warmup from 0 to the peak, then linear/polynomial decay (or constant) to the end."""
+    peak = float(opt_config.learning_rate)
+    warmup = int(opt_config.warmup_steps)
+    if peak <= 0:
+        raise ValueError(f"config.optimizer.learning_rate must be > 0, got {peak}.")
+    if warmup < 0:
+        raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {warmup}.")
+    warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
+    decay_steps = max(num_train_steps - warmup, 1)
+    if opt_config.decay in ("linear", "polynomial"):
+        power = 1.0 if opt_config.decay == "linear" else float(opt_config.decay_power)
+        decay_fn = optax.polynomial_schedule(
+            peak, float(opt_config.end_learning_rate), power, decay_steps
+        )
+    elif opt_config.decay == "constant":
+        decay_fn = optax.constant_schedule(peak)
+    else:
+        raise ValueError(
+            f"config.optimizer.decay must be 'linear', 'polynomial' or 'constant', "
+            f"got {opt_config.decay!r}."
+        )
+    return optax.join_schedules([warmup_fn, decay_fn], [warmup])
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True for the leaves that get weight decay (kernels and embedding tables)."""
+
+    def decayed(path: tuple[Any, ...], _: Any) -> bool:
+        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        names = [n for n in names if isinstance(n, str) and n != "value"]
+        return bool(names) and names[-1] in DECAYED_LEAF_NAMES
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def make_optimizer(
+    opt_config: ml_collections.ConfigDict, num_train_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optimizer named by `config.optimizer.name`, with clipping, and its schedule."""
+    schedule = learning_rate_schedule(opt_config, num_train_steps)
+    common = dict(
+        learning_rate=schedule,
+        b1=float(opt_config.b1),
+        b2=float(opt_config.b2),
+        eps=float(opt_config.eps),
+        weight_decay=float(opt_config.weight_decay),
+        mask=weight_decay_mask,
+    )
+    if opt_config.name == "adamw":
+        tx = optax.adamw(**common)
+    elif opt_config.name == "lamb":
+        tx = optax.lamb(**common)
+    else:
+        raise ValueError(
+            f"config.optimizer.name must be 'adamw' or 'lamb', got {opt_config.name!r}."
+        )
+    if float(opt_config.max_grad_norm) > 0:
+        tx = optax.chain(optax.clip_by_global_norm(float(opt_config.max_grad_norm)), tx)
+    return tx, schedule

@@ -1,0 +1,161 @@
+"""The train state and the pure, module-level functions that are jitted: init, train and eval.
+
+Nothing here touches the host: the trainer binds the static pieces (graph definition,
+optimizer, accumulation steps) with `functools.partial` and jits these functions with explicit
+in/out shardings and the state donated.
+
+Exact gradient accumulation: the loss of a global batch is
+`sum(mlm losses) / sum(mlm weights) + sum(nsp losses) / sum(nsp weights)`. Both denominators are
+known from the batch before any forward pass, so each microbatch contributes
+`mlm_sum_i / W_mlm + nsp_sum_i / W_nsp` and the summed gradients equal the one-big-batch gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from pretrain import losses
+from pretrain.model import BertConfig, BertForPreTraining
+
+# Separates the dropout stream from the parameter-init stream of the same seed.
+_DROPOUT_STREAM = 1
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 []: optimizer steps taken.
+    params: nnx.State  # float32 parameters, each an nnx.Param carrying its logical axes.
+    opt_state: optax.OptState  # Moments shaped (and sharded) like params.
+    bad_steps: jax.Array  # int32 []: steps whose update was dropped for a non-finite value.
+    first_bad_step: jax.Array  # int32 []: the first such step, -1 if none.
+
+
+def init_train_state(seed: int, *, model_config: BertConfig, tx: optax.GradientTransformation):
+    """A fresh state; jitted with `out_shardings` so each device creates only its own shard."""
+    model = BertForPreTraining(model_config, rngs=nnx.Rngs(params=seed))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        bad_steps=jnp.zeros((), jnp.int32),
+        first_bad_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def _forward(graphdef: nnx.GraphDef, params: nnx.State, batch: dict, deterministic: bool, key):
+    model = nnx.merge(graphdef, params)
+    rngs = None if deterministic else nnx.Rngs(dropout=key)
+    return model(
+        batch["input_ids"],
+        batch["input_mask"],
+        batch["segment_ids"],
+        batch["masked_lm_positions"],
+        deterministic=deterministic,
+        rngs=rngs,
+    )
+
+
+def _split_microbatches(batch: dict, k: int) -> dict:
+    """[B, ...] -> [k, B/k, ...] with microbatch i = rows i, i+k, i+2k, ...
+
+    Strided (not contiguous) microbatches keep every device's rows in every microbatch, so the
+    reshape moves no data between devices.
+    """
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum_steps: int,
+    seed: int,
+    deterministic: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on a global batch, accumulated over `grad_accum_steps` microbatches."""
+    mlm_total = jnp.maximum(batch["masked_lm_weights"].sum(), 1.0)
+    nsp_total = jnp.maximum(batch["next_sentence_weights"].sum(), 1.0)
+    step_key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM), state.step
+    )
+
+    def loss_fn(params, micro, key):
+        mlm_logits, nsp_logits = _forward(graphdef, params, micro, deterministic, key)
+        terms = losses.pretraining_loss_terms(mlm_logits, nsp_logits, micro)
+        loss = terms["mlm_loss_sum"] / mlm_total + terms["nsp_loss_sum"] / nsp_total
+        return loss, terms
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, terms), grads = grad_fn(state.params, batch, step_key)
+    else:
+        micro = _split_microbatches(batch, grad_accum_steps)
+
+        def accumulate(acc, xs):
+            i, mb = xs
+            out = grad_fn(state.params, mb, jax.random.fold_in(step_key, i))
+            return jax.tree.map(jnp.add, acc, out), None
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        out_shapes = jax.eval_shape(grad_fn, state.params, first, step_key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+        ((_, terms), grads), _ = jax.lax.scan(
+            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
+        )
+
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    loss = terms["mlm_loss_sum"] / mlm_total + terms["nsp_loss_sum"] / nsp_total
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step keeps the old parameters and optimizer state; the host decides whether
+    # to stop (config.max_bad_steps) when it next reads the metrics.
+    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_new(params, state.params),
+        opt_state=keep_new(opt_state, state.opt_state),
+        bad_steps=state.bad_steps + jnp.where(finite, 0, 1),
+        first_bad_step=jnp.where(
+            finite | (state.first_bad_step >= 0), state.first_bad_step, state.step
+        ),
+    )
+    metrics = {
+        "loss": loss,
+        "mlm_loss": terms["mlm_loss_sum"] / mlm_total,
+        "nsp_loss": terms["nsp_loss_sum"] / nsp_total,
+        "mlm_accuracy": terms["mlm_correct"] / mlm_total,
+        "nsp_accuracy": terms["nsp_correct"] / nsp_total,
+        "learning_rate": schedule(state.step),
+        "grad_norm": grad_norm,
+    }
+    return new_state, metrics
+
+
+def eval_step(params: nnx.State, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef) -> dict:
+    """Sums (never means) over the batch, so padded batches and many hosts add up exactly."""
+    mlm_logits, nsp_logits = _forward(graphdef, params, batch, True, None)
+    return losses.pretraining_loss_terms(mlm_logits, nsp_logits, batch)
+
+
+def eval_metrics(totals: dict[str, Any]) -> dict[str, float]:
+    """Eval rows of metrics.jsonl from the summed terms of all eval batches."""
+    mlm_w = max(float(totals["mlm_weight"]), 1.0)
+    nsp_w = max(float(totals["nsp_weight"]), 1.0)
+    return {
+        "eval_mlm_loss": float(totals["mlm_loss_sum"]) / mlm_w,
+        "eval_mlm_accuracy": float(totals["mlm_correct"]) / mlm_w,
+        "eval_nsp_loss": float(totals["nsp_loss_sum"]) / nsp_w,
+        "eval_nsp_accuracy": float(totals["nsp_correct"]) / nsp_w,
+    }

@@ -1,0 +1,32 @@
+"""Pretrains BERT (masked LM + next-sentence prediction).
+
+    python -m pretrain.train --config=configs/smoke.py --workdir=/tmp/bert_smoke \
+        [--config.num_train_steps=1000 ...] \
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+
+Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM saves and exits 0.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pretrain import cli, trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Pretraining config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, tokenizer.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+    cli.initialize_distributed()
+    cli.run_user_errors_as_one_line(
+        lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

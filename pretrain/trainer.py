@@ -1,0 +1,260 @@
+"""The pretraining loop: config in, checkpoints and metrics out.
+
+`train_and_evaluate(config, workdir)` is the one library call behind `python -m pretrain.train`.
+It validates the config, prepares the tokenizer and data, builds the mesh and the sharded train
+state (restored from the newest complete checkpoint when there is one), and runs the jitted step.
+The batch for step `s` is a pure function of `(seed, s)`, so a resumed run sees exactly the
+batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from etils import epath
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from data_pipeline import loader as data_loader
+from data_pipeline.tokenizer import Tokenizer
+from pretrain import sharding, steps, validate
+from pretrain.checkpoint import Checkpointer
+from pretrain.metrics import MetricsWriter, ProgressLine
+from pretrain.model import BertConfig, BertForPreTraining
+from pretrain.optimizer import make_optimizer
+from pretrain.workdir import prepare_tokenizer
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient more often than allowed."""
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM into "save now and exit 0", agreed by every process on the same step."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self._requested.set())
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # Every process must stop at the same step; agree on it through the coordinator.
+            stop = multihost_utils.process_allgather(jnp.asarray(self._requested.is_set()))
+            return bool(stop.any())
+        return self._requested.is_set()
+
+
+def _device_batches(
+    train_loader: Any,
+    start_step: int,
+    num_steps: int,
+    put: Any,
+    rows: Any,
+    buffer: int,
+) -> Iterator[dict[str, jax.Array]]:
+    """Global batches for steps start_step.. on the devices, built ahead on background threads.
+
+    grain builds the numpy batches of this process's rows in parallel; one thread moves them to
+    the devices, so the step never waits for host work that could have been done earlier.
+    """
+    host = grain.MapDataset.range(start_step, num_steps).map(
+        lambda s: train_loader.batch(int(s), rows=rows)
+    )
+    host_iter = iter(
+        host.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
+    )
+    ready: queue.Queue = queue.Queue(maxsize=max(buffer, 1))
+    done = object()
+
+    def fill() -> None:
+        try:
+            for local in host_iter:
+                ready.put(put(local))
+        except Exception as e:  # noqa: BLE001 - re-raised in the consumer thread
+            ready.put(e)
+        ready.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def _with_shardings(abstract: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def evaluate(
+    eval_step: Any, params: Any, eval_loader: Any, put: Any, rows: Any, max_batches: int
+) -> dict[str, float]:
+    """Full pass over the eval set (or its first `max_batches`), summed exactly."""
+    n = eval_loader.num_batches if max_batches <= 0 else min(max_batches, eval_loader.num_batches)
+    totals = None
+    for i in range(n):
+        terms = eval_step(params, put(eval_loader.batch(i, rows=rows)))
+        totals = terms if totals is None else jax.tree.map(jnp.add, totals, terms)
+    return steps.eval_metrics(jax.device_get(totals))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Pretrains BERT as `config` says; resumes from `workdir/checkpoints` when possible."""
+    workdir_path = epath.Path(workdir)
+    is_main = jax.process_index() == 0
+    validate.check_config(config)
+    mesh = sharding.create_mesh(config.mesh)
+    rules = tuple(config.mesh.logical_axis_rules)
+    validate.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
+    if is_main:
+        workdir_path.mkdir(parents=True, exist_ok=True)
+        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    tokenizer: Tokenizer = prepare_tokenizer(config.data, workdir_path)
+    train_loader, eval_loader = data_loader.build_datasets(
+        config.data,
+        tokenizer,
+        seed=config.seed,
+        global_batch_size=config.global_batch_size,
+        eval_batch_size=config.eval_batch_size,
+        cache_dir=str(workdir_path / "data_cache"),
+    )
+    model_config = BertConfig.from_config(
+        config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
+    )
+    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
+
+    init_fn = functools.partial(steps.init_train_state, model_config=model_config, tx=tx)
+    abstract_state = jax.eval_shape(init_fn, config.seed)
+    state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+    checkpointer = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints)
+    restored = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
+    if restored is None:
+        state = jax.jit(init_fn, static_argnums=0, out_shardings=state_shardings)(config.seed)
+        start_step = 0
+    else:
+        state, start_step = restored
+        logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+
+    graphdef, _ = nnx.split(
+        nnx.eval_shape(lambda: BertForPreTraining(model_config, rngs=nnx.Rngs(0))), nnx.Param
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    train_step = jax.jit(
+        functools.partial(
+            steps.train_step,
+            graphdef=graphdef,
+            tx=tx,
+            schedule=schedule,
+            grad_accum_steps=config.grad_accum_steps,
+            seed=config.seed,
+        ),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        functools.partial(steps.eval_step, graphdef=graphdef),
+        in_shardings=(state_shardings.params, batch_sharding),
+        out_shardings=replicated,
+    )
+
+    train_rows = sharding.process_rows(mesh, rules, config.global_batch_size)
+    put_train = functools.partial(
+        sharding.host_to_global,
+        mesh=mesh,
+        rules=rules,
+        rows=train_rows,
+        global_batch_size=config.global_batch_size,
+    )
+    eval_rows = sharding.process_rows(mesh, rules, config.eval_batch_size)
+    put_eval = functools.partial(
+        sharding.host_to_global,
+        mesh=mesh,
+        rules=rules,
+        rows=eval_rows,
+        global_batch_size=config.eval_batch_size,
+    )
+
+    writer = MetricsWriter(workdir_path, enabled=is_main)
+    progress = ProgressLine(config.num_train_steps, enabled=is_main)
+    preemption = PreemptionWatcher()
+    config_json = config.to_dict()
+    tokens_per_step = config.global_batch_size * config.data.max_seq_length
+
+    def check_finite(state: steps.TrainState) -> None:
+        bad = int(jax.device_get(state.bad_steps))
+        if bad > config.max_bad_steps:
+            first = int(jax.device_get(state.first_bad_step)) + 1
+            last_good = checkpointer.latest_step()
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {first} ({bad} bad steps, "
+                f"config.max_bad_steps={config.max_bad_steps}); the last good checkpoint is "
+                f"{'step ' + str(last_good) if last_good is not None else 'none'}. Lower "
+                f"config.optimizer.learning_rate or raise config.max_bad_steps to skip such steps."
+            )
+
+    def save(step: int, state: steps.TrainState, force: bool = False) -> None:
+        check_finite(state)  # Never write a checkpoint past a step that should have stopped us.
+        checkpointer.save(step, state, config_json, force=force)
+
+    batches = _device_batches(
+        train_loader,
+        start_step,
+        config.num_train_steps,
+        put_train,
+        train_rows,
+        config.prefetch_batches,
+    )
+    step = start_step
+    progress.start(step)
+    last_time, last_step = time.time(), step
+    for step in range(start_step + 1, config.num_train_steps + 1):
+        state, metrics = train_step(state, next(batches))
+        if step == start_step + 1:
+            # Time the steady state, not the compilation of the first step.
+            jax.block_until_ready(metrics)
+            last_time, last_step = time.time(), step
+        if step % config.log_every_steps == 0 or step == config.num_train_steps:
+            check_finite(state)
+            row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.time()
+            if step > last_step:
+                row["tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
+                last_time, last_step = now, step
+            writer.write(step, row)
+            progress.show(step, row)
+        if eval_loader is not None and (
+            (config.eval_every_steps and step % config.eval_every_steps == 0)
+            or step == config.num_train_steps
+        ):
+            eval_row = evaluate(
+                eval_step, state.params, eval_loader, put_eval, eval_rows, config.max_eval_batches
+            )
+            writer.write(step, eval_row)
+            if is_main:
+                logging.info("eval at step %d: %s", step, eval_row)
+        if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+            save(step, state)
+        if preemption.should_stop(step):
+            logging.warning("SIGTERM received: saving step %d and exiting.", step)
+            save(step, state, force=True)
+            break
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
