@@ -1,0 +1,93 @@
+"""Learning-rate schedule values and the weight-decay mask, against hand-computed expectations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from configs import default
+from pretrain.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
+
+
+def _opt_config(**overrides):
+    c = default.get_config().optimizer
+    c.unlock()
+    c.update(overrides)
+    return c
+
+
+def test_linear_warmup_then_linear_decay():
+    sched = learning_rate_schedule(_opt_config(learning_rate=1e-3, warmup_steps=10), 110)
+    assert float(sched(0)) == pytest.approx(0.0)
+    assert float(sched(5)) == pytest.approx(5e-4)
+    assert float(sched(10)) == pytest.approx(1e-3)
+    assert float(sched(60)) == pytest.approx(5e-4)  # Halfway through the 100 decay steps.
+    assert float(sched(110)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_polynomial_decay_power():
+    sched = learning_rate_schedule(
+        _opt_config(learning_rate=1.0, warmup_steps=0, decay="polynomial", decay_power=2.0), 100
+    )
+    assert float(sched(50)) == pytest.approx(0.25)
+
+
+def test_unknown_decay_is_a_clear_error():
+    with pytest.raises(ValueError, match="config.optimizer.decay"):
+        learning_rate_schedule(_opt_config(decay="cosine"), 10)
+
+
+class _Tiny(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.dense = nnx.Linear(3, 4, rngs=rngs)
+        self.norm = nnx.LayerNorm(4, rngs=rngs)
+        self.embed = nnx.Embed(5, 4, rngs=rngs)
+
+
+def test_weight_decay_mask_skips_biases_and_layer_norm():
+    params = nnx.state(_Tiny(), nnx.Param)
+    mask = nnx.to_pure_dict(weight_decay_mask(params))
+    assert mask == {
+        "dense": {"kernel": True, "bias": False},
+        "norm": {"scale": False, "bias": False},
+        "embed": {"embedding": True},
+    }
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_decoupled_weight_decay_only_on_masked_leaves(name):
+    # With zero gradients Adam's update is 0, so only weight decay moves parameters.
+    params = nnx.state(_Tiny(), nnx.Param)
+    tx, _ = make_optimizer(
+        _opt_config(
+            name=name, learning_rate=0.1, warmup_steps=0, decay="constant", weight_decay=0.5
+        ),
+        10,
+    )
+    zeros = jax_zeros_like(params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = nnx.to_pure_dict(optax.apply_updates(params, updates))
+    old = nnx.to_pure_dict(params)
+    np.testing.assert_array_equal(new["dense"]["bias"], old["dense"]["bias"])
+    np.testing.assert_array_equal(new["norm"]["scale"], old["norm"]["scale"])
+    assert not np.allclose(new["dense"]["kernel"], old["dense"]["kernel"])
+    if name == "adamw":  # p <- p - lr * wd * p
+        np.testing.assert_allclose(new["dense"]["kernel"], old["dense"]["kernel"] * 0.95, rtol=1e-6)
+
+
+def jax_zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def test_gradients_are_clipped_to_global_norm_before_adam():
+    params = {"kernel": jnp.ones((2,))}
+    tx, _ = make_optimizer(
+        _opt_config(name="adamw", learning_rate=1.0, warmup_steps=0, decay="constant"), 10
+    )
+    _, state = tx.update({"kernel": jnp.array([3.0, 4.0])}, tx.init(params), params)
+    # Adam's first moment after one step is (1 - b1) * g, with g clipped from norm 5 to norm 1.
+    mu = optax.tree_utils.tree_get(state, "mu")
+    np.testing.assert_allclose(mu["kernel"], [0.1 * 0.6, 0.1 * 0.8], rtol=1e-5)
