@@ -6,7 +6,49 @@ want one device build their mesh from `jax.devices()[:1]`.
 
 import os
 
+import numpy as np
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+
+
+# --- data_pipeline fixtures: a small synthetic BERT-format corpus and a tokenizer trained on it,
+# built once per session so the data tests stay fast.
+
+
+def _write_synthetic_corpus(path, *, num_docs: int = 60, seed: int = 0) -> list[list[str]]:
+    """Writes random-word documents in BERT text format to `path`; returns them as sentences."""
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnoprstuvwy")
+    words = ["".join(rng.choice(letters, rng.integers(2, 8))) for _ in range(1500)]
+    documents = []
+    for _ in range(num_docs):
+        document = []
+        for _ in range(rng.integers(2, 8)):
+            # Zipf word frequencies give the unigram trainer a realistic mix of pieces.
+            sentence = [words[int(i) % len(words)] for i in rng.zipf(1.2, rng.integers(4, 15))]
+            document.append(" ".join(sentence).capitalize() + ".")
+        documents.append(document)
+    path.write_text("\n\n".join("\n".join(d) for d in documents) + "\n")
+    return documents
+
+
+@pytest.fixture(scope="session")
+def pipeline_corpus(tmp_path_factory):
+    """(path of a ~14 KB synthetic BERT-format file, its documents as lists of sentences)."""
+    path = tmp_path_factory.mktemp("pipeline_corpus") / "corpus.txt"
+    return path, _write_synthetic_corpus(path)
+
+
+@pytest.fixture(scope="session")
+def pipeline_tokenizer(pipeline_corpus, tmp_path_factory):
+    """A 256-piece lower-casing sentencepiece tokenizer trained on `pipeline_corpus`."""
+    from data_pipeline import tokenizer
+
+    prefix = tmp_path_factory.mktemp("pipeline_tokenizer") / "sp"
+    return tokenizer.Tokenizer(
+        tokenizer.train_tokenizer([str(pipeline_corpus[0])], 256, str(prefix))
+    )

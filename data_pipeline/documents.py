@@ -1,0 +1,161 @@
+"""Reads raw text into documents: lists of sentences.
+
+Two sources, chosen by the spec string:
+
+* comma-separated globs of BERT text files: one sentence per line, a blank line between
+  documents (a file boundary also ends a document);
+* `tfds:NAME[:SPLIT]`: a TFDS dataset read through `tfds.data_source` (random access, no
+  TensorFlow needed); each record's text feature is one document, split into sentences on
+  newlines and by `split_sentences`. NAME may carry a config and a version
+  (`wikipedia/20230601.en:1.0.0:train`) when SPLIT is given; the split defaults to 'train'.
+
+The order is deterministic (sorted file list, record order), so instance building downstream is
+a pure function of the spec and the seed.
+"""
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+
+from absl import logging
+
+TFDS_PREFIX = "tfds:"
+
+# Sentence end: terminal punctuation, optional closing quotes/brackets, whitespace, then something
+# that can start a sentence. Good enough for web text; BERT-format files are already split.
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]”’]*\s+(?=[\"'(\[“‘]?[A-Z0-9])")
+# Words that end in a period without ending a sentence ('Dr. Smith', 'e.g. This').
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig al approx jan feb mar apr "
+    "jun jul aug sep sept oct nov dec".split()
+)
+
+
+def is_tfds_spec(spec: str) -> bool:
+    """Whether `spec` names a TFDS dataset (`tfds:NAME[:SPLIT]`) rather than file globs."""
+    return spec.strip().startswith(TFDS_PREFIX)
+
+
+def parse_tfds_spec(spec: str) -> tuple[str, str]:
+    """Splits `tfds:NAME[:SPLIT]` into (NAME, SPLIT); SPLIT defaults to 'train'."""
+    body = spec.strip()[len(TFDS_PREFIX) :]
+    head, bracket, slicing = body.partition("[")  # A split may slice: 'train[:10%]'.
+    name, sep, split = head.rpartition(":")
+    if not sep:
+        name, split = head, "train"
+    split += bracket + slicing
+    if not name or not split:
+        raise ValueError(f"bad TFDS spec {spec!r}: expected 'tfds:NAME' or 'tfds:NAME:SPLIT'")
+    return name, split
+
+
+def resolve_files(spec: str) -> list[str]:
+    """Expands comma-separated globs into a sorted, de-duplicated list of files.
+
+    Raises FileNotFoundError naming the first glob that matches no file.
+    """
+    patterns = [p.strip() for p in spec.split(",") if p.strip()]
+    if not patterns:
+        raise ValueError("no input files given: pass comma-separated globs of text files")
+    files = set()
+    for pattern in patterns:
+        matches = [m for m in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(m)]
+        if not matches:
+            raise FileNotFoundError(f"no file matches {pattern!r}: check the path or glob")
+        files.update(matches)
+    return sorted(files)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits text into sentences: on newlines, then after '.', '!' or '?' before a capital.
+
+    A period after a known abbreviation or a single capital letter (an initial) does not split.
+    """
+    sentences = []
+    for paragraph in text.splitlines():
+        start = 0
+        for match in _SENTENCE_END.finditer(paragraph):
+            words = paragraph[start : match.start() + 1].split()
+            last_word = words[-1].lower().rstrip(".") if words else ""
+            if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
+                continue
+            sentences.append(paragraph[start : match.end()].strip())
+            start = match.end()
+        sentences.append(paragraph[start:].strip())
+    return [s for s in sentences if s]
+
+
+def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
+    """Yields the documents of BERT-format text files, skipping lines that are not UTF-8."""
+    bad_lines, bad_files = 0, 0
+    for path in paths:
+        bad_in_file = 0
+        document: list[str] = []
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    bad_in_file += 1
+                    continue
+                if line:
+                    document.append(line)
+                elif document:
+                    yield document
+                    document = []
+        if document:
+            yield document
+        if bad_in_file:
+            bad_lines += bad_in_file
+            bad_files += 1
+    if bad_lines:
+        logging.warning(
+            "Skipped %d line(s) that are not valid UTF-8 in %d file(s).", bad_lines, bad_files
+        )
+
+
+def _iter_tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
+    """Yields one document per record of a TFDS split, read by random access."""
+    import tensorflow_datasets as tfds  # Imported here: slow, and only this source needs it.
+
+    name, split = parse_tfds_spec(spec)
+    try:
+        source = tfds.data_source(name, split=split)
+    except Exception as e:  # TFDS raises many types (missing data, bad name, no network).
+        raise ValueError(f"cannot open TFDS dataset {name!r} split {split!r}: {e}") from e
+    for i in range(len(source)):
+        record = source[i]
+        if text_feature not in record:
+            raise ValueError(
+                f"TFDS dataset {name!r} has no feature {text_feature!r} (it has "
+                f"{sorted(record)}): set data.tfds_text_feature"
+            )
+        text = record[text_feature]
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        sentences = split_sentences(str(text))
+        if sentences:
+            yield sentences
+
+
+def iter_documents(spec: str, *, text_feature: str = "text") -> Iterator[list[str]]:
+    """Yields the documents named by `spec` (see the module docstring), in a fixed order.
+
+    Raises ValueError at the end if the source holds no text at all.
+    """
+    if is_tfds_spec(spec):
+        documents = _iter_tfds_documents(spec, text_feature)
+    else:
+        documents = _iter_file_documents(resolve_files(spec))
+    count = 0
+    for document in documents:
+        count += 1
+        yield document
+    if count == 0:
+        raise ValueError(f"{spec!r} holds no text: every file or record is empty")
+
+
+def read_documents(spec: str, *, text_feature: str = "text") -> list[list[str]]:
+    """Reads every document named by `spec` into memory: a list of documents of sentences."""
+    return list(iter_documents(spec, text_feature=text_feature))
