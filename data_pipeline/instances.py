@@ -78,20 +78,33 @@ class InstanceStore:
         return store
 
 
-def tokenize_documents(documents: Iterable[Sequence[str]], tokenizer) -> list[list[np.ndarray]]:
+def tokenize_documents(
+    documents: Iterable[Sequence[str]], tokenizer, batch_sentences: int = 65536
+) -> list[list[np.ndarray]]:
     """Encodes every sentence once: documents of int32 sentence arrays, empty ones dropped.
 
-    `tokenizer` is a `data_pipeline.tokenizer.Tokenizer` (anything with `encode_batch`).
+    `tokenizer` is a `data_pipeline.tokenizer.Tokenizer` (anything with `encode_batch`). Sentences
+    are encoded in parallel batches and packed into int32 at once, so memory stays near the size
+    of the token arrays rather than of Python lists of ints.
     """
-    documents = list(documents)
-    flat = [sentence for document in documents for sentence in document]
-    encoded = iter(tokenizer.encode_batch(flat))
-    result = []
+    result, pending, num_pending = [], [], 0
+
+    def flush():
+        encoded = iter(tokenizer.encode_batch([s for document in pending for s in document]))
+        for document in pending:
+            sentences = [np.asarray(next(encoded), np.int32) for _ in document]
+            sentences = [s for s in sentences if s.size]
+            if sentences:
+                result.append(sentences)
+        pending.clear()
+
     for document in documents:
-        sentences = [np.asarray(next(encoded), np.int32) for _ in document]
-        sentences = [s for s in sentences if s.size]
-        if sentences:
-            result.append(sentences)
+        pending.append(document)
+        num_pending += len(document)
+        if num_pending >= batch_sentences:
+            flush()
+            num_pending = 0
+    flush()
     return result
 
 
@@ -128,7 +141,7 @@ def _document_instances(
     is_random_next) per instance."""
     bounds = sentence_bounds[doc]  # [num_sentences + 1] offsets into the flat tokens.
     num_sentences = len(bounds) - 1
-    # One target per document, as BERT does; short targets teach the model padded inputs.
+    # One target per document, as BERT does; short ones ease the gap to short fine-tuning inputs.
     target = max_num_tokens
     if rng.random() < short_seq_prob:
         target = int(rng.integers(2, max_num_tokens + 1))

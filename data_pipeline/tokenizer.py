@@ -103,6 +103,8 @@ def train_tokenizer(
     """
     if vocab_size <= len(SPECIAL_PIECES):
         raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed the 5 specials")
+    if isinstance(input_globs, str):  # One spec, not a sequence of one-letter globs.
+        input_globs = [input_globs]
     if not input_globs:
         raise ValueError("no tokenizer input given: pass globs of text files")
     for spec in input_globs:  # Fail fast on a typo, before reading anything.

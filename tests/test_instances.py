@@ -132,3 +132,6 @@ def test_tokenize_documents_encodes_every_sentence(pipeline_tokenizer):
     expected = [pipeline_tokenizer.encode(s) for s in ("Hello there.", "Again here.", "Third doc.")]
     assert [s.tolist() for d in ids for s in d] == expected
     assert all(s.dtype == np.int32 for d in ids for s in d)
+    # Encoding in small batches changes nothing.
+    small = instances.tokenize_documents(iter(docs), pipeline_tokenizer, batch_sentences=2)
+    assert [[s.tolist() for s in d] for d in small] == [[s.tolist() for s in d] for d in ids]
