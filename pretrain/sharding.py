@@ -22,6 +22,9 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis of the batch dimension of every input feature.
 BATCH_AXIS = "batch"
 
+# Shardings are given at jit boundaries and propagated by XLA inside (not explicit-mode types).
+_AUTO = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+
 Rules = Sequence[tuple[str, str | Sequence[str] | None]]
 
 
@@ -61,8 +64,8 @@ def create_mesh(
     shape = mesh_shape(mesh_config, len(devices))
     if devices == jax.devices():
         # make_mesh orders devices for the physical topology (ICI rings on TPU).
-        return jax.make_mesh(shape, MESH_AXES, devices=devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=_AUTO, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=_AUTO)
 
 
 def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
@@ -104,7 +107,7 @@ def _logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
     axes = variable.get_metadata().get("logical_axes")
     if axes is None:
         # Every model parameter is annotated; an unannotated one is replicated.
-        return (None,) * len(variable.value.shape)
+        return (None,) * len(variable.get_value().shape)
     return tuple(axes)
 
 
@@ -119,7 +122,7 @@ def state_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     def leaf_sharding(x: Any) -> Any:
         if isinstance(x, nnx.Variable):
             spec = logical_to_mesh_spec(_logical_axes(x), rules)
-            spec = _fit_spec_to_shape(spec, x.value.shape, mesh)
+            spec = _fit_spec_to_shape(spec, x.get_value().shape, mesh)
             return x.replace(NamedSharding(mesh, spec))
         return NamedSharding(mesh, PartitionSpec())
 

@@ -1,4 +1,4 @@
-"""The train state and the pure, module-level functions that are jitted: init, train and eval.
+"""The train state, the pure module-level step functions, and their jitted, sharded forms.
 
 Nothing here touches the host: the trainer binds the static pieces (graph definition,
 optimizer, accumulation steps) with `functools.partial` and jits these functions with explicit
@@ -12,6 +12,8 @@ known from the batch before any forward pass, so each microbatch contributes
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -19,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pretrain import losses
+from pretrain import losses, sharding
 from pretrain.model import BertConfig, BertForPreTraining
 
 # Separates the dropout stream from the parameter-init stream of the same seed.
@@ -36,9 +39,11 @@ class TrainState:
     first_bad_step: jax.Array  # int32 []: the first such step, -1 if none.
 
 
-def init_train_state(seed: int, *, model_config: BertConfig, tx: optax.GradientTransformation):
+def init_train_state(
+    key: jax.Array, *, model_config: BertConfig, tx: optax.GradientTransformation
+) -> TrainState:
     """A fresh state; jitted with `out_shardings` so each device creates only its own shard."""
-    model = BertForPreTraining(model_config, rngs=nnx.Rngs(params=seed))
+    model = BertForPreTraining(model_config, rngs=nnx.Rngs(params=key))
     params = nnx.state(model, nnx.Param)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -113,7 +118,7 @@ def train_step(
             accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
         )
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
@@ -159,3 +164,69 @@ def eval_metrics(totals: dict[str, Any]) -> dict[str, float]:
         "eval_nsp_loss": float(totals["nsp_loss_sum"]) / nsp_w,
         "eval_nsp_accuracy": float(totals["nsp_correct"]) / nsp_w,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class JittedSteps:
+    """The jitted init/train/eval functions for one model on one mesh, and their shardings."""
+
+    abstract_state: TrainState  # Shapes and dtypes only.
+    state_shardings: TrainState  # NamedSharding per leaf, from the logical-axis rules.
+    batch_sharding: NamedSharding
+    init: Any  # () -> TrainState from the seed, created already sharded.
+    train_step: Any  # (state, batch) -> (state, metrics); the state is donated.
+    eval_step: Any  # (params, batch) -> summed loss terms.
+
+    def abstract_state_with_shardings(self) -> Any:
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract_state,
+            self.state_shardings,
+        )
+
+
+def build_steps(
+    model_config: BertConfig,
+    tx: Any,
+    schedule: Any,
+    mesh: Mesh,
+    rules: sharding.Rules,
+    *,
+    grad_accum_steps: int,
+    seed: int,
+    deterministic: bool = False,
+) -> JittedSteps:
+    """Jits the pure step functions of `pretrain/steps.py` with explicit in/out shardings."""
+    init_fn = functools.partial(init_train_state, model_config=model_config, tx=tx)
+    abstract_state = jax.eval_shape(init_fn, jax.random.key(seed))
+    state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+    abstract_model = nnx.eval_shape(lambda: BertForPreTraining(model_config, rngs=nnx.Rngs(0)))
+    graphdef, _ = nnx.split(abstract_model, nnx.Param)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    train_fn = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
+        seed=seed,
+        deterministic=deterministic,
+    )
+    return JittedSteps(
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        init=lambda: jax.jit(init_fn, out_shardings=state_shardings)(jax.random.key(seed)),
+        train_step=jax.jit(
+            train_fn,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        ),
+        eval_step=jax.jit(
+            functools.partial(eval_step, graphdef=graphdef),
+            in_shardings=(state_shardings.params, batch_sharding),
+            out_shardings=replicated,
+        ),
+    )

@@ -23,16 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from etils import epath
-from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipeline import loader as data_loader
 from data_pipeline.tokenizer import Tokenizer
 from pretrain import sharding, steps, validate
 from pretrain.checkpoint import Checkpointer
 from pretrain.metrics import MetricsWriter, ProgressLine
-from pretrain.model import BertConfig, BertForPreTraining
+from pretrain.model import BertConfig
 from pretrain.optimizer import make_optimizer
 from pretrain.workdir import prepare_tokenizer
 
@@ -94,12 +92,6 @@ def _device_batches(
         yield item
 
 
-def _with_shardings(abstract: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-
-
 def evaluate(
     eval_step: Any, params: Any, eval_loader: Any, put: Any, rows: Any, max_batches: int
 ) -> dict[str, float]:
@@ -138,41 +130,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     )
     tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
 
-    init_fn = functools.partial(steps.init_train_state, model_config=model_config, tx=tx)
-    abstract_state = jax.eval_shape(init_fn, config.seed)
-    state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+    jitted = steps.build_steps(
+        model_config,
+        tx,
+        schedule,
+        mesh,
+        rules,
+        grad_accum_steps=config.grad_accum_steps,
+        seed=config.seed,
+    )
     checkpointer = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints)
-    restored = checkpointer.restore_latest(_with_shardings(abstract_state, state_shardings))
+    restored = checkpointer.restore_latest(jitted.abstract_state_with_shardings())
     if restored is None:
-        state = jax.jit(init_fn, static_argnums=0, out_shardings=state_shardings)(config.seed)
+        state = jitted.init()
         start_step = 0
     else:
         state, start_step = restored
         logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
-
-    graphdef, _ = nnx.split(
-        nnx.eval_shape(lambda: BertForPreTraining(model_config, rngs=nnx.Rngs(0))), nnx.Param
-    )
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharding = sharding.batch_sharding(mesh, rules)
-    train_step = jax.jit(
-        functools.partial(
-            steps.train_step,
-            graphdef=graphdef,
-            tx=tx,
-            schedule=schedule,
-            grad_accum_steps=config.grad_accum_steps,
-            seed=config.seed,
-        ),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
-    )
-    eval_step = jax.jit(
-        functools.partial(steps.eval_step, graphdef=graphdef),
-        in_shardings=(state_shardings.params, batch_sharding),
-        out_shardings=replicated,
-    )
+    train_step, eval_step = jitted.train_step, jitted.eval_step
 
     train_rows = sharding.process_rows(mesh, rules, config.global_batch_size)
     put_train = functools.partial(
