@@ -31,6 +31,26 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing where a bad flag or `--config.KEY` override is one line, not a traceback.
+
+    Pass as `app.run(main, flags_parser=cli.parse_flags)`.
+    """
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e}. Run with --helpfull to list flags.")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these for an unknown key or a value of the wrong type.
+        detail = str(e.args[0] if e.args else e)
+        if len(detail) > 1 and detail[0] == detail[-1] == "'":
+            detail = detail[1:-1]  # ml_collections wraps a repr of the message in quotes.
+        for escaped, plain in (("\\'", "'"), ("\\n", " "), ("\n", " ")):
+            detail = detail.replace(escaped, plain)
+        fail(f"bad --config override: {detail.strip()}")
+    return []
+
+
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:
     """Runs `fn`, turning USER_ERRORS into one line and exit code 2."""
     try:

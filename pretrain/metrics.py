@@ -23,6 +23,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def status(message: str) -> None:
+    """A human-readable status line on stderr, from process 0 only."""
+    import jax
+
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 class MetricsWriter:
     """Appends rows to metrics.jsonl and TensorBoard; prints progress lines."""
 

@@ -7,7 +7,7 @@
 Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM saves and exits 0.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from pretrain import cli, trainer
@@ -22,6 +22,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+    # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     cli.initialize_distributed()
     cli.run_user_errors_as_one_line(
         lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -29,4 +32,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -29,7 +29,7 @@ from data_pipeline import loader as data_loader
 from data_pipeline.tokenizer import Tokenizer
 from pretrain import sharding, steps, validate
 from pretrain.checkpoint import Checkpointer
-from pretrain.metrics import MetricsWriter, ProgressLine
+from pretrain.metrics import MetricsWriter, ProgressLine, status
 from pretrain.model import BertConfig
 from pretrain.optimizer import make_optimizer
 from pretrain.workdir import prepare_tokenizer
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         start_step = 0
     else:
         state, start_step = restored
-        logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+        status(f"Resumed from {checkpointer.directory} at step {start_step}.")
     train_step, eval_step = jitted.train_step, jitted.eval_step
 
     train_rows = sharding.process_rows(mesh, rules, config.global_batch_size)
@@ -205,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
             # Time the steady state, not the compilation of the first step.
             jax.block_until_ready(metrics)
             last_time, last_step = time.time(), step
-        if step % config.log_every_steps == 0 or step == config.num_train_steps:
+        if step % config.log_every_steps == 0 or step in (1, config.num_train_steps):
             check_finite(state)
             row = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.time()

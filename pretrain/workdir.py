@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import jax
 import ml_collections
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
 from data_pipeline import tokenizer as tokenizer_lib
+from pretrain.metrics import status
 
 TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINTS_DIR = "checkpoints"
@@ -44,7 +44,7 @@ def prepare_tokenizer(
             tokenizer_lib.Tokenizer(str(source))  # Validate before copying.
             source.copy(target)
         else:
-            logging.info("Training a %d-piece tokenizer into %s.", data_config.vocab_size, target)
+            status(f"Training a {data_config.vocab_size}-piece tokenizer into {target}.")
             prefix = str(target)[: -len(".model")]
             tokenizer_lib.train_tokenizer(
                 data_config.train_files.split(","),

@@ -1,0 +1,92 @@
+"""End to end through `python -m pretrain.train`: a tiny run, its files, and exact resumption."""
+
+import json
+
+import pytest
+
+from tests.cli_utils import read_metrics, run_module, tiny_overrides
+
+TRAIN_KEYS = {
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "learning_rate",
+    "grad_norm",
+    "tokens_per_sec",
+}
+EVAL_KEYS = {"eval_mlm_loss", "eval_mlm_accuracy", "eval_nsp_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """6 steps in one go, constant LR so that a run stopped at step 3 follows the same schedule."""
+    data = tmp_path_factory.mktemp("data")
+    workdir = tmp_path_factory.mktemp("straight")
+    flags = tiny_overrides(data, optimizer__decay="constant")
+    run_module("pretrain.train", ["--config=configs/smoke.py", f"--workdir={workdir}", *flags])
+    return data, workdir
+
+
+def test_tiny_run_writes_the_contract_files(straight_run):
+    _, workdir = straight_run
+    train, evals = read_metrics(workdir)
+    assert sorted(train) == [1, 2, 3, 4, 5, 6]
+    assert all(TRAIN_KEYS <= row.keys() for step, row in train.items() if step > 1)
+    assert sorted(evals) == [3, 6] and all(EVAL_KEYS <= row.keys() for row in evals.values())
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3, 6]
+    assert (workdir / "tokenizer.model").exists() and (workdir / "tokenizer.vocab").exists()
+    assert json.loads((workdir / "config.json").read_text())["num_train_steps"] == 6
+    assert list((workdir / "tensorboard").iterdir())
+    # Initial MLM loss is about ln(vocab): the model starts uniform.
+    assert train[1]["mlm_loss"] == pytest.approx(5.70, abs=0.5)  # ln 300 = 5.70
+
+
+def test_resume_continues_with_identical_losses(straight_run, tmp_path):
+    data, straight = straight_run
+    workdir = tmp_path / "resumed"
+    flags = tiny_overrides(data, optimizer__decay="constant")
+    base = ["--config=configs/smoke.py", f"--workdir={workdir}"]
+    run_module("pretrain.train", [*base, *flags, "--config.num_train_steps=3"])
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [3]
+    resumed = run_module("pretrain.train", [*base, *flags])
+    assert "Resumed" in resumed.stderr
+    expected, _ = read_metrics(straight)
+    got, _ = read_metrics(workdir)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]  # The resumed run appended its rows.
+    for step in range(1, 7):
+        assert got[step]["loss"] == expected[step]["loss"], step  # Bit for bit.
+
+
+def test_finished_run_restarts_as_a_no_op(straight_run):
+    data, workdir = straight_run
+    flags = tiny_overrides(data, optimizer__decay="constant")
+    proc = run_module(
+        "pretrain.train", ["--config=configs/smoke.py", f"--workdir={workdir}", *flags]
+    )
+    assert "Resumed" in proc.stderr
+    train, _ = read_metrics(workdir)
+    assert max(train) == 6
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.model.hiden_size=3", "hiden_size"),
+        ("--config.global_batch_size=7", "global_batch_size"),
+        ("--config.data.train_files=/nonexistent/*.txt", "/nonexistent"),
+        ("--config.model.num_attention_heads=5", "num_attention_heads"),
+    ],
+)
+def test_user_mistakes_end_in_one_line(tmp_path, override, message):
+    flags = tiny_overrides(tmp_path / "d") if (tmp_path / "d").mkdir() is None else []
+    proc = run_module(
+        "pretrain.train",
+        ["--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}", *flags, override],
+        devices=2,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
