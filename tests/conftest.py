@@ -5,11 +5,18 @@ want one device build their mesh from `jax.devices()[:1]`.
 """
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiling dominates the tiny CLI runs; many tests compile the same shapes, and subprocesses
+# inherit these variables, so a persistent XLA cache roughly halves the suite's time.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bert-jax-test-xla-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
