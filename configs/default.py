@@ -95,5 +95,12 @@ def get_config() -> ml_collections.ConfigDict:
         ("classes", None),
     )
 
+    # Benchmark (`python -m pretrain.benchmark`): timing of the train step and the input pipeline.
+    c.benchmark = ml_collections.ConfigDict()
+    c.benchmark.warmup_steps = 3  # Train steps run after compilation and before timing starts.
+    c.benchmark.timed_steps = 20  # Train steps timed one by one; the median is reported.
+    c.benchmark.input_batches = 20  # Successive loader batches timed for the input pipeline.
+    c.benchmark.peak_flops_per_device = 0.0  # FLOP/s for MFU; 0: from the device table.
+
     c.lock()  # Unknown keys (typos in overrides or recipes) now raise instead of being added.
     return c
