@@ -1,0 +1,458 @@
+"""Labelled examples for fine-tuning: read, label, tokenize, truncate, and batch by step.
+
+Sources (`data.train_file`, `data.eval_file`):
+
+* a TSV file, one example per line: `label<TAB>text` or `label<TAB>text_a<TAB>text_b` (every line
+  of a file has the same number of columns; blank lines are skipped; no header);
+* `tfds:NAME[:SPLIT]` (e.g. `tfds:glue/sst2`, `tfds:glue/mrpc:validation`), read by random access
+  through `tfds.data_source`; `data.text_a_key`, `data.text_b_key` (empty: single sentences) and
+  `data.label_key` name the features. A `ClassLabel` feature contributes its class names.
+
+Labels are strings. The label set (and so the class ids) comes from the training data: the
+`ClassLabel` names of a TFDS source, or the sorted distinct labels of a TSV (numerically when all
+are integers), unless given explicitly; the caller saves it with the run. A label of the eval set
+that the training data lacks is an error naming the file and line.
+
+Sequences are `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut to `max_seq_length` the BERT way
+(tokens come off the end of the longer segment). Features (B rows, S = max_seq_length):
+
+    input_ids [B, S] int32, input_mask [B, S] int32, segment_ids [B, S] int32,
+    label [B] int32 (float32 for regression), example_weight [B] float32
+
+Train batch `step` is a pure function of (seed, step) like pretraining (`data_pipeline/loader.py`):
+global position g = step * B + row is example `permutation(seed, g // N)[g % N]`. Eval batches
+cover the eval set in order; the last one is padded with all-zero rows of weight 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from data_pipeline import documents
+
+TASKS = ("classification", "regression")
+_ENCODE_CHUNK = 10_000  # Texts tokenized per call: bounds peak memory on large sources.
+
+
+@dataclasses.dataclass(frozen=True)
+class RawExamples:
+    """Examples as read, before tokenization; `line[i]` locates example i in `source`."""
+
+    source: str  # File path or TFDS spec, for error messages.
+    text_a: list[str]
+    text_b: list[str] | None  # None for single-sentence tasks.
+    label: list[str]
+    line: list[int]  # 1-based TSV line, or TFDS record index.
+    label_names: list[str] | None = None  # Class names declared by the source (TFDS ClassLabel).
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def where(self, i: int) -> str:
+        unit = "record" if documents.is_tfds_spec(self.source) else "line"
+        return f"{self.source}, {unit} {self.line[i]}"
+
+
+def read_tsv(path: str) -> RawExamples:
+    """Reads `label<TAB>text[<TAB>text_b]` lines; a bad row is a ValueError naming file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"TSV file {path!r} not found: check data.train_file/eval_file.")
+    text_a, text_b, labels, lines = [], [], [], []
+    columns = None
+    with open(path, encoding="utf-8", newline="") as f:
+        for number, raw in enumerate(f, start=1):
+            row = raw.rstrip("\r\n")
+            if not row.strip():
+                continue
+            fields = row.split("\t")
+            if len(fields) not in (2, 3):
+                raise ValueError(
+                    f"{path}, line {number}: {len(fields)} tab-separated columns; expected "
+                    "'label<TAB>text' or 'label<TAB>text_a<TAB>text_b'."
+                )
+            if columns is None:
+                columns = len(fields)
+            elif len(fields) != columns:
+                raise ValueError(
+                    f"{path}, line {number}: {len(fields)} columns, but earlier lines have "
+                    f"{columns}; every line of a file must have the same layout."
+                )
+            label = fields[0].strip()
+            if not label:
+                raise ValueError(f"{path}, line {number}: empty label in the first column.")
+            labels.append(label)
+            text_a.append(fields[1])
+            if columns == 3:
+                text_b.append(fields[2])
+            lines.append(number)
+    if not labels:
+        raise ValueError(f"{path} holds no examples: expected 'label<TAB>text' lines.")
+    return RawExamples(path, text_a, text_b if columns == 3 else None, labels, lines)
+
+
+def _as_text(value) -> str:
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> RawExamples:
+    """Reads a TFDS split by random access; integer ClassLabel values become their names."""
+    import tensorflow_datasets as tfds  # Slow to import, and only this source needs it.
+
+    name, split = documents.parse_tfds_spec(spec)
+    try:
+        source = tfds.data_source(name, split=split)
+    except Exception as e:  # TFDS raises many types (not prepared, bad name, no network).
+        raise ValueError(
+            f"cannot open TFDS dataset {name!r} split {split!r}: {e}".splitlines()[0]
+        ) from e
+    names = None
+    feature = source.dataset_info.features[label_key] if label_key else None
+    if feature is not None and hasattr(feature, "names"):
+        names = list(feature.names)
+    keys = [k for k in (text_a_key, text_b_key, label_key) if k]
+    text_a, text_b, labels, records = [], [], [], []
+    for i in range(len(source)):
+        record = source[i]
+        missing = [k for k in keys if k not in record]
+        if missing:
+            raise ValueError(
+                f"TFDS dataset {name!r} has no feature {missing[0]!r} (it has {sorted(record)}): "
+                "set data.text_a_key, data.text_b_key and data.label_key."
+            )
+        label = record[label_key]
+        if names is not None:
+            index = int(label)
+            if not 0 <= index < len(names):
+                raise ValueError(
+                    f"{spec}, record {i}: label {index} is not a class of {name!r} (GLUE test "
+                    "splits are unlabelled, -1): evaluate on a labelled split such as validation."
+                )
+            labels.append(names[index])
+        else:
+            labels.append(_as_text(label))
+        text_a.append(_as_text(record[text_a_key]))
+        if text_b_key:
+            text_b.append(_as_text(record[text_b_key]))
+        records.append(i)
+    if not labels:
+        raise ValueError(f"{spec} holds no examples.")
+    return RawExamples(spec, text_a, text_b if text_b_key else None, labels, records, names)
+
+
+def read_examples(spec: str, data_config) -> RawExamples:
+    """A TSV path or a `tfds:` spec, with feature names from `data_config` for TFDS."""
+    if documents.is_tfds_spec(spec):
+        return read_tfds(
+            spec, data_config.text_a_key, data_config.text_b_key, data_config.label_key
+        )
+    return read_tsv(spec)
+
+
+def label_vocabulary(examples: RawExamples, task: str) -> list[str]:
+    """Class names in id order: the source's declared names, else the sorted distinct labels.
+
+    Integer labels sort numerically ('2' before '10'). A regression task has no classes: [].
+    """
+    if task == "regression":
+        return []
+    if examples.label_names is not None:
+        return list(examples.label_names)
+    distinct = set(examples.label)
+    if all(_is_int(x) for x in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def encode_labels(
+    examples: RawExamples, labels: Sequence[str], task: str, train_source: str
+) -> np.ndarray:
+    """int32 class ids [N] (float32 scores for regression); ValueError names a bad line."""
+    if task == "regression":
+        scores = np.empty(len(examples), np.float32)
+        for i, text in enumerate(examples.label):
+            try:
+                scores[i] = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{examples.where(i)}: label {text!r} is not a number, but "
+                    "config.task='regression' needs numeric labels."
+                ) from None
+        return scores
+    ids = {name: i for i, name in enumerate(labels)}
+    out = np.empty(len(examples), np.int32)
+    for i, text in enumerate(examples.label):
+        if text not in ids:
+            shown = ", ".join(repr(x) for x in labels[:10]) + (", ..." if len(labels) > 10 else "")
+            raise ValueError(
+                f"{examples.where(i)}: label {text!r} does not occur in the training data "
+                f"{train_source} (labels: {shown}); fix the label or add examples of it."
+            )
+        out[i] = ids[text]
+    return out
+
+
+def truncated_pair_lengths(
+    len_a: npt.ArrayLike, len_b: npt.ArrayLike, max_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths kept by BERT's pair truncation, vectorized.
+
+    BERT removes one token at a time from the end of the longer segment (of b on a tie) until
+    the pair fits `max_tokens`: the shorter one survives whole if it fits in half the budget;
+    otherwise a keeps ceil(max_tokens / 2) and b the rest.
+    """
+    len_a, len_b = np.asarray(len_a, np.int64), np.asarray(len_b, np.int64)
+    keep_a = np.minimum(len_a, np.maximum(max_tokens - len_b, (max_tokens + 1) // 2))
+    keep_b = np.minimum(len_b, max_tokens - keep_a)
+    return keep_a, keep_b
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedExamples:
+    """Truncated token ids of every example as ragged arrays, and their labels."""
+
+    tokens_a: np.ndarray  # int32 [sum of kept a lengths]
+    offsets_a: np.ndarray  # int64 [N + 1]
+    tokens_b: np.ndarray | None  # int32 [sum of kept b lengths]; None for single sentences.
+    offsets_b: np.ndarray | None
+    labels: np.ndarray  # int32 [N] class ids, or float32 [N] regression scores.
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def segments(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        a = self.tokens_a[self.offsets_a[i] : self.offsets_a[i + 1]]
+        if self.tokens_b is None:
+            return a, None
+        return a, self.tokens_b[self.offsets_b[i] : self.offsets_b[i + 1]]
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    ids: list[list[int]] = []
+    for start in range(0, len(texts), _ENCODE_CHUNK):
+        ids.extend(tokenizer.encode_batch(texts[start : start + _ENCODE_CHUNK]))
+    return ids
+
+
+def _ragged(ids: list[list[int]], keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(keep, out=offsets[1:])
+    flat = np.empty(offsets[-1], np.int32)
+    for i, (x, n) in enumerate(zip(ids, keep)):
+        flat[offsets[i] : offsets[i + 1]] = x[:n]
+    return flat, offsets
+
+
+def tokenize(
+    examples: RawExamples, labels: np.ndarray, tokenizer, max_seq_length: int
+) -> TokenizedExamples:
+    """Tokenizes and truncates so that [CLS] a [SEP] (b [SEP]) fits `max_seq_length`."""
+    ids_a = _encode(tokenizer, examples.text_a)
+    len_a = np.array([len(x) for x in ids_a], np.int64)
+    if examples.text_b is None:
+        if max_seq_length < 3:
+            raise ValueError(f"data.max_seq_length={max_seq_length} is too short: use >= 3.")
+        tokens_a, offsets_a = _ragged(ids_a, np.minimum(len_a, max_seq_length - 2))
+        return TokenizedExamples(tokens_a, offsets_a, None, None, labels)
+    if max_seq_length < 5:
+        raise ValueError(f"data.max_seq_length={max_seq_length} is too short for pairs: use >= 5.")
+    ids_b = _encode(tokenizer, examples.text_b)
+    len_b = np.array([len(x) for x in ids_b], np.int64)
+    keep_a, keep_b = truncated_pair_lengths(len_a, len_b, max_seq_length - 3)
+    tokens_a, offsets_a = _ragged(ids_a, keep_a)
+    tokens_b, offsets_b = _ragged(ids_b, keep_b)
+    return TokenizedExamples(tokens_a, offsets_a, tokens_b, offsets_b, labels)
+
+
+class _Batcher:
+    """Packs examples into zero-padded feature arrays (see the module docstring)."""
+
+    def __init__(
+        self,
+        data: TokenizedExamples,
+        *,
+        batch_size: int,
+        max_seq_length: int,
+        cls_id: int,
+        sep_id: int,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch size {batch_size} must be positive.")
+        if len(data) == 0:
+            raise ValueError("no examples to batch.")
+        self.data = data
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.cls_id, self.sep_id = cls_id, sep_id
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data)
+
+    def _rows(self, rows: npt.ArrayLike | None) -> np.ndarray:
+        if rows is None:
+            return np.arange(self.batch_size)
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= self.batch_size)):
+            raise ValueError(f"rows must be a 1-D array of indices in [0, {self.batch_size}).")
+        return rows
+
+    def _features(self, examples: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+        b, s = len(examples), self.max_seq_length
+        batch = {
+            "input_ids": np.zeros((b, s), np.int32),
+            "input_mask": np.zeros((b, s), np.int32),
+            "segment_ids": np.zeros((b, s), np.int32),
+            "label": np.zeros((b,), self.data.labels.dtype),
+            "example_weight": valid.astype(np.float32),
+        }
+        for r in np.flatnonzero(valid):
+            example = int(examples[r])
+            a, second = self.data.segments(example)
+            ids = [self.cls_id, *a, self.sep_id]
+            len_first = len(ids)
+            if second is not None:
+                ids += [*second, self.sep_id]
+            n = len(ids)
+            batch["input_ids"][r, :n] = ids
+            batch["input_mask"][r, :n] = 1
+            batch["segment_ids"][r, len_first:n] = 1
+            batch["label"][r] = self.data.labels[example]
+        return batch
+
+
+class TrainBatches(_Batcher):
+    """Global train batch `step` (or this process's rows of it), reshuffled every epoch."""
+
+    def __init__(self, data: TokenizedExamples, *, seed: int, **kwargs):
+        super().__init__(data, **kwargs)
+        self.seed = seed
+        self._cached: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        cached_epoch, order = self._cached  # One read: safe against a racing write.
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._cached = (epoch, order)
+        return order
+
+    def batch(self, step: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
+        """Rows `rows` (global row indices; default all) of global batch `step`."""
+        if step < 0:
+            raise ValueError(f"step={step} must be non-negative.")
+        rows = self._rows(rows)
+        epochs, offsets = np.divmod(step * self.batch_size + rows, self.num_examples)
+        examples = np.empty_like(rows)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            examples[in_epoch] = self.permutation(int(epoch))[offsets[in_epoch]]
+        return self._features(examples, np.ones(len(rows), bool))
+
+
+class EvalBatches(_Batcher):
+    """The eval set in order; the last batch is padded with zero rows of weight 0."""
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def batch(self, i: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
+        """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
+        if not 0 <= i < self.num_batches:
+            raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
+        examples = i * self.batch_size + self._rows(rows)
+        valid = examples < self.num_examples
+        return self._features(np.where(valid, examples, 0), valid)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationData:
+    """Everything the fine-tuning loop needs from the data side."""
+
+    train: TrainBatches
+    eval: EvalBatches | None
+    labels: list[str]  # Class names by id; [] for regression.
+    eval_examples: RawExamples | None  # Raw eval rows, for predictions.tsv.
+
+
+def build_datasets(
+    data_config,
+    tokenizer,
+    *,
+    task: str,
+    seed: int,
+    global_batch_size: int,
+    eval_batch_size: int,
+    labels: Sequence[str] | None = None,
+) -> ClassificationData:
+    """Reads, labels and tokenizes `data.train_file` and `data.eval_file` (which may be empty).
+
+    Args:
+      data_config: `config.data` (train_file, eval_file, max_seq_length, text_a_key, text_b_key,
+        label_key, labels).
+      tokenizer: a `data_pipeline.tokenizer.Tokenizer`.
+      task: 'classification' or 'regression'.
+      seed: shuffles the training examples (per epoch).
+      labels: class names by id, as saved by an earlier start of the same run; None: from
+        `data.labels` when set, else from the training data.
+    """
+    if task not in TASKS:
+        raise ValueError(f"config.task={task!r} is not supported: use one of {', '.join(TASKS)}.")
+    if not data_config.train_file.strip():
+        raise ValueError(
+            "config.data.train_file is empty: set it to a TSV file (label<TAB>text) or tfds:NAME."
+        )
+    train_raw = read_examples(data_config.train_file.strip(), data_config)
+    if labels is None:
+        given = [x.strip() for x in data_config.labels.split(",") if x.strip()]
+        labels = given if given and task == "classification" else label_vocabulary(train_raw, task)
+    labels = list(labels)
+    if task == "classification" and len(labels) < 2:
+        raise ValueError(
+            f"{train_raw.source} has {len(labels)} distinct label(s) {labels}: classification "
+            "needs at least 2 (or set config.task='regression' for numeric scores)."
+        )
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"config.data.labels lists a label twice: {labels}.")
+    batch_args = dict(
+        max_seq_length=data_config.max_seq_length,
+        cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id,
+    )
+    train_ids = encode_labels(train_raw, labels, task, train_raw.source)
+    train = TrainBatches(
+        tokenize(train_raw, train_ids, tokenizer, data_config.max_seq_length),
+        seed=seed,
+        batch_size=global_batch_size,
+        **batch_args,
+    )
+    eval_spec = data_config.eval_file.strip()
+    if not eval_spec:
+        return ClassificationData(train, None, labels, None)
+    eval_raw = read_examples(eval_spec, data_config)
+    if (eval_raw.text_b is None) != (train_raw.text_b is None):
+        raise ValueError(
+            f"{eval_raw.source} and {train_raw.source} disagree on sentence pairs: one has a "
+            "text_b column and the other not; give both files the same layout."
+        )
+    eval_ids = encode_labels(eval_raw, labels, task, train_raw.source)
+    eval_batches = EvalBatches(
+        tokenize(eval_raw, eval_ids, tokenizer, data_config.max_seq_length),
+        batch_size=eval_batch_size,
+        **batch_args,
+    )
+    return ClassificationData(train, eval_batches, labels, eval_raw)
