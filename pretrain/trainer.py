@@ -10,6 +10,7 @@ batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import functools
+import itertools
 import queue
 import signal
 import threading
@@ -40,18 +41,37 @@ class NonFiniteError(RuntimeError):
 
 
 class PreemptionWatcher:
-    """Turns SIGTERM into "save now and exit 0", agreed by every process on the same step."""
+    """Turns SIGTERM into "save now and exit 0", agreed by every process on the same step.
 
-    def __init__(self) -> None:
+    One process: a Python SIGTERM handler sets a flag, read after each step. Several processes:
+    JAX's preemption sync manager (started by `jax.distributed.initialize`) catches SIGTERM on
+    whichever process gets it and, in the background, has all processes agree through the
+    coordination service on the first step that none has passed yet;
+    `reached_preemption_sync_point` is True at that step on every process. Per step this costs
+    a mutex, not a host round trip. No Python handler is installed then: it would replace the
+    manager's C++ one.
+    """
+
+    def __init__(self, start_step: int) -> None:
         self._requested = threading.Event()
-        if threading.current_thread() is threading.main_thread():
+        self._multi_process = jax.process_count() > 1
+        if self._multi_process:
+            try:
+                # The manager's step counter starts at 0; a notice before the first step would
+                # set the sync point to 1, which a resumed run has already passed.
+                multihost_utils.reached_preemption_sync_point(start_step)
+            except RuntimeError as e:  # jax_enable_preemption_service=False.
+                # SIGTERM keeps its default action: one process stopping alone would leave the
+                # others waiting in a collective.
+                logging.warning("No coordinated save on SIGTERM: %s", e)
+                self._multi_process = False
+        elif threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._requested.set())
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            # Every process must stop at the same step; agree on it through the coordinator.
-            stop = multihost_utils.process_allgather(jnp.asarray(self._requested.is_set()))
-            return bool(stop.any())
+        """Called after every step, with the step just taken, by every process."""
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
         return self._requested.is_set()
 
 
@@ -168,7 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     writer = MetricsWriter(workdir_path, enabled=is_main)
     progress = ProgressLine(config.num_train_steps, enabled=is_main)
-    preemption = PreemptionWatcher()
+    preemption = PreemptionWatcher(start_step)
     config_json = config.to_dict()
     tokens_per_step = config.global_batch_size * config.data.max_seq_length
 
@@ -196,15 +216,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         train_rows,
         config.prefetch_batches,
     )
-    step = start_step
-    progress.start(step)
-    last_time, last_step = time.time(), step
+    if start_step < config.num_train_steps:
+        # Compile ahead of time: step timings exclude compilation, and a later batch with another
+        # shape or sharding is an error instead of a silent recompile.
+        compile_start = time.time()
+        first = next(batches)
+        train_step = train_step.lower(state, first).compile()
+        batches = itertools.chain([first], batches)
+        status(f"Compiled the train step in {time.time() - compile_start:.1f}s.")
+    progress.start(start_step)
+    last_time, last_step = time.time(), start_step
     for step in range(start_step + 1, config.num_train_steps + 1):
         state, metrics = train_step(state, next(batches))
-        if step == start_step + 1:
-            # Time the steady state, not the compilation of the first step.
-            jax.block_until_ready(metrics)
-            last_time, last_step = time.time(), step
         if step % config.log_every_steps == 0 or step in (1, config.num_train_steps):
             check_finite(state)
             row = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -222,13 +245,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 eval_step, state.params, eval_loader, put_eval, eval_rows, config.max_eval_batches
             )
             writer.write(step, eval_row)
-            if is_main:
-                logging.info("eval at step %d: %s", step, eval_row)
-        if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-            save(step, state)
-        if preemption.should_stop(step):
-            logging.warning("SIGTERM received: saving step %d and exiting.", step)
-            save(step, state, force=True)
+            status(
+                f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_row.items())
+            )
+        stop = preemption.should_stop(step)
+        if stop:
+            logging.warning("Preempted (SIGTERM): saving step %d and exiting.", step)
+        if stop or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+            save(step, state, force=stop)  # One save per step: orbax refuses a second one.
+        if stop:
             break
     checkpointer.wait()
     checkpointer.close()
