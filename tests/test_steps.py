@@ -102,7 +102,6 @@ def test_eight_devices_match_one_device(mesh_shape, one_device_run):
     losses, params = _run(mesh_shape, jax.devices(), STEPS)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert _max_param_diff(params, ref_params) < 1e-5
-    assert losses[-1] < losses[0]  # It trains.
 
 
 def test_dropout_is_a_function_of_seed_and_step_not_the_mesh(one_device_run):
