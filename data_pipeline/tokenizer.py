@@ -28,7 +28,7 @@ import sentencepiece as spm
 from absl import app, flags
 from sentencepiece import sentencepiece_model_pb2
 
-from data_pipeline import documents
+from data_pipeline import documents, wordpiece
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # Indexed by id.
@@ -226,6 +226,18 @@ class Tokenizer:
     def score(self, token_id: int) -> float:
         """Log-probability of the piece in the unigram model (0 for special tokens)."""
         return self._sp.get_score(int(token_id))
+
+
+def load_tokenizer(path: str) -> Tokenizer | wordpiece.WordPieceTokenizer:
+    """The tokenizer stored at `path`: a WordPiece `vocab.txt` (a BERT vocabulary, e.g. imported
+    from Hugging Face; see data_pipeline/wordpiece.py) or a sentencepiece `.model`.
+
+    Both have the same interface (special ids, is_word_start, encode, encode_batch, decode), so
+    the pipeline never asks which one it has.
+    """
+    if str(path).endswith(".txt"):
+        return wordpiece.WordPieceTokenizer(str(path))
+    return Tokenizer(str(path))
 
 
 def _define_flags() -> None:
