@@ -18,7 +18,7 @@ WORDS = (
     "##s ##ed ##ly cafe resume straße Hello World The Café 中 文 日 本 ' , . ! ? - ( ) : ; \" $"
 ).split()
 LETTERS = "abcdefghijklmnopqrstuvwxyzé"
-PIECES = [*SPECIALS, *WORDS, *LETTERS, *(f"##{c}" for c in LETTERS)]
+PIECES = list(dict.fromkeys([*SPECIALS, *WORDS, *LETTERS, *(f"##{c}" for c in LETTERS)]))
 # Punctuation, unicode, accents, CJK, control and odd whitespace, unknown and over-long words.
 SENTENCES = [
     "Hello, world! The cat sat on the mat.",

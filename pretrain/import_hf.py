@@ -1,0 +1,45 @@
+"""Imports a local Hugging Face BERT folder as a pretraining workdir.
+
+    python -m pretrain.import_hf --hf_dir=HF_DIR --workdir=NEW_DIR
+
+HF_DIR: config.json, weights (model.safetensors or pytorch_model.bin, optionally sharded), and a
+WordPiece (vocab.txt or tokenizer.json) or sentencepiece tokenizer. NEW_DIR then continues
+pretraining (`python -m pretrain.train --config=NEW_DIR/pretrain_config.py --workdir=NEW_DIR
+--config.data.train_files=GLOB`) or initializes fine-tuning (`--config.init_from=NEW_DIR`).
+See pretrain/hf_interchange.py for what is written.
+"""
+
+from absl import app, flags, logging
+
+from pretrain import cli, hf_interchange
+
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "Local Hugging Face BERT folder.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "New (or empty) workdir to create.")
+flags.mark_flags_as_required(["hf_dir", "workdir"])
+
+
+def _import() -> None:
+    imported = hf_interchange.import_hf_dir(_HF_DIR.value, _WORKDIR.value)
+    print(
+        f"Imported {_HF_DIR.value} ({imported.num_params:,} parameters, "
+        f"{imported.vocab_size} tokens in {imported.tokenizer_file}) into {_WORKDIR.value}."
+    )
+    if imported.fresh_parts:
+        print(f"Initialized anew (not in the checkpoint): {', '.join(imported.fresh_parts)}.")
+    print(
+        "Continue pretraining with:\n"
+        f"  python -m pretrain.train --config={imported.config_file} --workdir={_WORKDIR.value} "
+        "--config.data.train_files=GLOB"
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}.")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the summary.
+    cli.run_user_errors_as_one_line(_import)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
