@@ -71,6 +71,8 @@ CONFIG_FILE = "pretrain_config.py"
 
 @dataclasses.dataclass(frozen=True)
 class Exported:
+    """What `export_workdir` wrote."""
+
     step: int
     num_params: int
     files: list[str]
@@ -78,6 +80,8 @@ class Exported:
 
 @dataclasses.dataclass(frozen=True)
 class Imported:
+    """What `import_hf_dir` wrote."""
+
     num_params: int
     vocab_size: int
     tokenizer_file: str

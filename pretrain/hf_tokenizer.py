@@ -34,7 +34,7 @@ HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 HF_SENTENCEPIECE = "tokenizer.model"
 SENTENCEPIECE_NAMES = (HF_SENTENCEPIECE, "spiece.model", "sentencepiece.bpe.model")
 _SPECIAL_KEYS = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
-_WORDPIECE_OPTION_KEYS = (
+_OPTION_KEYS = (
     "do_lower_case",
     "strip_accents",
     "tokenize_chinese_chars",
@@ -144,82 +144,84 @@ def _read_json(path: str) -> dict[str, Any]:
     return value
 
 
-def _wordpiece_from_tokenizer_json(path: str) -> tuple[list[str], dict[str, Any]]:
-    """(pieces in id order, WordPieceTokenizer options) of a WordPiece `tokenizer.json`."""
+def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], dict[str, Any]]:
+    """(pieces in id order, options) of a WordPiece `tokenizer.json`, as transformers v5 saves
+    BERT's tokenizer; the options under `tokenizer_config.json` names, from its normalizer."""
     spec = _read_json(path)
     model = spec.get("model") or {}
     if model.get("type") != "WordPiece":
         raise ValueError(
             f"{path} holds a {model.get('type')} model and no vocab.txt or sentencepiece .model "
-            "is beside it: only WordPiece (BERT) or our sentencepiece tokenizers import."
+            "is beside it: only WordPiece (BERT) or this project's sentencepiece tokenizers import."
         )
     if model.get("continuing_subword_prefix", "##") != wordpiece.CONTINUATION:
         raise ValueError(f"{path}: WordPiece continuation prefix must be '##'")
     vocab = {**model["vocab"], **{t["content"]: t["id"] for t in spec.get("added_tokens", [])}}
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ValueError(f"{path}: token ids are not 0..{len(vocab) - 1} without gaps")
-    pieces = sorted(vocab, key=vocab.get)
     normalizer = spec.get("normalizer") or {}
-    options: dict[str, Any] = {}
-    if normalizer.get("type") == "BertNormalizer":
-        options = {
+    if normalizer and normalizer.get("type") != "BertNormalizer":
+        raise ValueError(
+            f"{path}: normalizer {normalizer.get('type')!r} is not BERT's: it cannot be reproduced"
+        )
+    options = {"unk_token": model.get("unk_token", "[UNK]")}
+    if normalizer:
+        options |= {
             "do_lower_case": normalizer.get("lowercase", True),
             "strip_accents": normalizer.get("strip_accents"),
             "tokenize_chinese_chars": normalizer.get("handle_chinese_chars", True),
         }
-    elif normalizer:
-        raise ValueError(
-            f"{path}: normalizer {normalizer.get('type')!r} is not BERT's: it cannot be reproduced"
-        )
-    options["unk_token"] = model.get("unk_token", "[UNK]")
-    return pieces, options
+    return sorted(vocab, key=vocab.get), options
 
 
 def import_tokenizer(hf_dir: str, workdir: str, embedding_rows: int) -> Tokenizer:
     """Writes the tokenizer of the HF folder `hf_dir` into `workdir`; returns it, loaded.
 
-    A WordPiece vocabulary shorter than the checkpoint's `embedding_rows` is padded with
-    never-produced filler pieces, so ids and embedding rows line up one to one.
+    Looked for in this order: `vocab.txt`, a sentencepiece model, a WordPiece `tokenizer.json`.
+    WordPiece options come from `tokenizer_config.json`, else from `tokenizer.json`'s normalizer
+    (as in transformers). A WordPiece vocabulary shorter than the checkpoint's `embedding_rows`
+    is padded with filler pieces no text produces, so ids and embedding rows stay one to one.
     """
     vocab_txt = os.path.join(hf_dir, wordpiece.VOCAB_FILE)
     tokenizer_json = os.path.join(hf_dir, HF_TOKENIZER_JSON)
     config_path = os.path.join(hf_dir, HF_TOKENIZER_CONFIG)
-    hf_config = _read_json(config_path) if os.path.isfile(config_path) else {}
     sentencepiece = [n for n in SENTENCEPIECE_NAMES if os.path.isfile(os.path.join(hf_dir, n))]
 
-    if os.path.isfile(vocab_txt) or not sentencepiece and os.path.isfile(tokenizer_json):
-        if os.path.isfile(vocab_txt):
-            source = wordpiece.WordPieceTokenizer(vocab_txt)  # Options from hf_config.
-            pieces = [source.id_to_piece(i) for i in range(source.vocab_size)]
-            options = source.options()
-        else:
-            pieces, options = _wordpiece_from_tokenizer_json(tokenizer_json)
-            # tokenizer_config.json wins over the normalizer, as in transformers.
-            options |= {k: v for k, v in hf_config.items() if k in _WORDPIECE_OPTION_KEYS}
-        if len(pieces) > embedding_rows:
-            raise ValueError(
-                f"The tokenizer of {hf_dir} has {len(pieces)} tokens but the checkpoint only "
-                f"{embedding_rows} embedding rows: they do not belong together."
-            )
-        pieces += [_FILLER.format(i) for i in range(len(pieces), embedding_rows)]
-        return wordpiece.WordPieceTokenizer(wordpiece.write_vocab(workdir, pieces, options))
-
-    if sentencepiece:
-        source_path = os.path.join(hf_dir, sentencepiece[0])
+    if sentencepiece and not os.path.isfile(vocab_txt):
+        source = os.path.join(hf_dir, sentencepiece[0])
         try:
-            tokenizer = tokenizer_lib.Tokenizer(source_path)  # Checks our special-token layout.
+            tokenizer = tokenizer_lib.Tokenizer(source)  # Checks our special-token layout.
         except ValueError as e:
             raise ValueError(f"{e} (only this project's sentencepiece layout imports)") from None
         if tokenizer.vocab_size != embedding_rows:
             raise ValueError(
-                f"{source_path} has {tokenizer.vocab_size} pieces but the checkpoint "
+                f"{source} has {tokenizer.vocab_size} pieces but the checkpoint "
                 f"{embedding_rows} embedding rows: they do not belong together."
             )
         target = str(workdir_lib.tokenizer_path(workdir))
-        shutil.copyfile(source_path, target)
+        shutil.copyfile(source, target)
         return tokenizer_lib.Tokenizer(target)
 
-    raise FileNotFoundError(
-        f"{hf_dir} holds no tokenizer: expected vocab.txt, tokenizer.json or a sentencepiece "
-        f"model ({', '.join(SENTENCEPIECE_NAMES)})."
-    )
+    if not os.path.isfile(vocab_txt) and not os.path.isfile(tokenizer_json):
+        raise FileNotFoundError(
+            f"{hf_dir} holds no tokenizer: expected vocab.txt, tokenizer.json or a sentencepiece "
+            f"model ({', '.join(SENTENCEPIECE_NAMES)})."
+        )
+    pieces, options = [], {}
+    has_vocab_txt = os.path.isfile(vocab_txt)
+    if os.path.isfile(tokenizer_json) and (
+        not has_vocab_txt or _read_json(tokenizer_json).get("model", {}).get("type") == "WordPiece"
+    ):
+        pieces, options = _tokenizer_json_wordpiece(tokenizer_json)
+    if os.path.isfile(config_path):
+        options |= {k: v for k, v in _read_json(config_path).items() if k in _OPTION_KEYS}
+    if has_vocab_txt:
+        source = wordpiece.WordPieceTokenizer(vocab_txt)  # Validates the special tokens.
+        pieces = [source.id_to_piece(i) for i in range(source.vocab_size)]
+    if len(pieces) > embedding_rows:
+        raise ValueError(
+            f"The tokenizer of {hf_dir} has {len(pieces)} tokens but the checkpoint only "
+            f"{embedding_rows} embedding rows: they do not belong together."
+        )
+    pieces += [_FILLER.format(i) for i in range(len(pieces), embedding_rows)]
+    return wordpiece.WordPieceTokenizer(wordpiece.write_vocab(workdir, pieces, options))
