@@ -60,8 +60,14 @@ def resolve_files(spec: str) -> list[str]:
         raise ValueError("no input files given: pass comma-separated globs of text files")
     files = set()
     for pattern in patterns:
-        matches = [m for m in glob.glob(os.path.expanduser(pattern)) if os.path.isfile(m)]
+        found = glob.glob(os.path.expanduser(pattern))
+        matches = [m for m in found if os.path.isfile(m)]
         if not matches:
+            if found and all(os.path.isdir(m) for m in found):
+                raise FileNotFoundError(
+                    f"{pattern!r} is a folder, not a file: name the files in it with a glob, "
+                    f"e.g. '{os.path.join(pattern, '*.txt')}'"
+                )
             raise FileNotFoundError(f"no file matches {pattern!r}: check the path or glob")
         files.update(matches)
     return sorted(files)
@@ -87,10 +93,14 @@ def split_sentences(text: str) -> list[str]:
 
 
 def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
-    """Yields the documents of BERT-format text files, skipping lines that are not UTF-8."""
+    """Yields the documents of BERT-format text files, skipping lines that are not UTF-8.
+
+    A file where at least half the lines are not UTF-8 is not text (an archive, a binary, another
+    encoding): ValueError naming it, rather than training on the few lines that happen to decode.
+    """
     bad_lines, bad_files = 0, 0
     for path in paths:
-        bad_in_file = 0
+        bad_in_file, good_in_file = 0, 0
         document: list[str] = []
         with open(path, "rb") as f:
             for raw in f:
@@ -99,11 +109,18 @@ def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
                 except UnicodeDecodeError:
                     bad_in_file += 1
                     continue
+                good_in_file += 1
                 if line:
                     document.append(line)
                 elif document:
                     yield document
                     document = []
+        if bad_in_file and bad_in_file >= good_in_file:
+            raise ValueError(
+                f"{path!r} is not UTF-8 text ({bad_in_file} of {bad_in_file + good_in_file} "
+                "lines are not valid UTF-8): pass text files with one sentence per line, or "
+                "convert it with iconv"
+            )
         if document:
             yield document
         if bad_in_file:

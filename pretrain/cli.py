@@ -6,17 +6,26 @@ stderr naming the problem and the fix, exit code 2, and no traceback. Bugs still
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import sys
 from collections.abc import Callable
 
 import jax
-from absl import flags
+from absl import flags, logging
 
 from pretrain.checkpoint import CheckpointError
 
 # Exceptions that mean "the user asked for something that cannot work", not "the code is wrong".
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, CheckpointError)
+# FloatingPointError: training diverged (trainer.NonFiniteError names the step and the fix).
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    CheckpointError,
+    FloatingPointError,
+)
 
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -53,10 +62,42 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:
     """Runs `fn`, turning USER_ERRORS into one line and exit code 2."""
+    if logging.get_verbosity() < logging.INFO:
+        _quiet_background_echoes()
     try:
         fn()
     except USER_ERRORS as e:
         fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+def _quiet_background_echoes() -> None:
+    """Keeps a failed async checkpoint write or read to one traceback-free error line.
+
+    The failure reaches the main thread, and the user as one line; meanwhile orbax's worker
+    threads log it with a traceback, asyncio reports the sibling reads it abandoned, and their late
+    callbacks hit closed event loops. These echoes are dropped; orbax's messages stay, one line
+    each. `--verbosity=0` or higher keeps everything.
+    """
+
+    def strip_orbax_traceback(record: py_logging.LogRecord) -> bool:
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    logging.get_absl_logger().addFilter(strip_orbax_traceback)
+    py_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in record.getMessage()
+    )
+    default_hook = sys.unraisablehook
+
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        if not (
+            isinstance(info.exc_value, RuntimeError)
+            and "Event loop is closed" in str(info.exc_value)
+        ):
+            default_hook(info)
+
+    sys.unraisablehook = unraisable
 
 
 def _on_cluster_without_flags() -> bool:

@@ -36,8 +36,11 @@ from pretrain.optimizer import make_optimizer
 from pretrain.workdir import prepare_tokenizer
 
 
-class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or gradient more often than allowed."""
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or gradient more often than allowed.
+
+    A FloatingPointError, which the CLI reports as one line: the message names the step and the fix.
+    """
 
 
 class PreemptionWatcher:
@@ -159,7 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         grad_accum_steps=config.grad_accum_steps,
         seed=config.seed,
     )
-    checkpointer = Checkpointer(workdir_path / "checkpoints", keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(
+        workdir_path / "checkpoints", keep=config.keep_checkpoints, cleanup_tmp=True
+    )
     restored = checkpointer.restore_latest(jitted.abstract_state_with_shardings())
     if restored is None:
         state = jitted.init()
@@ -192,10 +197,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     config_json = config.to_dict()
     tokens_per_step = config.global_batch_size * config.data.max_seq_length
 
+    reported_bad_steps = [0]  # Skipped steps already warned about (the count is in the state).
+
     def check_finite(state: steps.TrainState) -> None:
         bad = int(jax.device_get(state.bad_steps))
+        first = int(jax.device_get(state.first_bad_step)) + 1
+        if 0 < bad <= config.max_bad_steps and bad > reported_bad_steps[0]:
+            reported_bad_steps[0] = bad
+            logging.warning(
+                "Skipped %d step(s) with a non-finite loss or gradient so far (the first at step "
+                "%d); their updates were dropped. The run stops after config.max_bad_steps=%d.",
+                bad,
+                first,
+                config.max_bad_steps,
+            )
         if bad > config.max_bad_steps:
-            first = int(jax.device_get(state.first_bad_step)) + 1
+            checkpointer.wait()  # The save in flight is from a good step: let it land.
             last_good = checkpointer.latest_step()
             raise NonFiniteError(
                 f"non-finite loss or gradient at step {first} ({bad} bad steps, "
@@ -226,35 +243,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         status(f"Compiled the train step in {time.time() - compile_start:.1f}s.")
     progress.start(start_step)
     last_time, last_step = time.time(), start_step
-    for step in range(start_step + 1, config.num_train_steps + 1):
-        state, metrics = train_step(state, next(batches))
-        if step % config.log_every_steps == 0 or step in (1, config.num_train_steps):
-            check_finite(state)
-            row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.time()
-            if step > last_step:
-                row["tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
-                last_time, last_step = now, step
-            writer.write(step, row)
-            progress.show(step, row)
-        if eval_loader is not None and (
-            (config.eval_every_steps and step % config.eval_every_steps == 0)
-            or step == config.num_train_steps
-        ):
-            eval_row = evaluate(
-                eval_step, state.params, eval_loader, put_eval, eval_rows, config.max_eval_batches
-            )
-            writer.write(step, eval_row)
-            status(
-                f"eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_row.items())
-            )
-        stop = preemption.should_stop(step)
-        if stop:
-            logging.warning("Preempted (SIGTERM): saving step %d and exiting.", step)
-        if stop or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-            save(step, state, force=stop)  # One save per step: orbax refuses a second one.
-        if stop:
-            break
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+    try:
+        for step in range(start_step + 1, config.num_train_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            if step % config.log_every_steps == 0 or step in (1, config.num_train_steps):
+                check_finite(state)
+                row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.time()
+                if step > last_step:
+                    row["tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
+                    last_time, last_step = now, step
+                writer.write(step, row)
+                progress.show(step, row)
+            if eval_loader is not None and (
+                (config.eval_every_steps and step % config.eval_every_steps == 0)
+                or step == config.num_train_steps
+            ):
+                eval_row = evaluate(
+                    eval_step,
+                    state.params,
+                    eval_loader,
+                    put_eval,
+                    eval_rows,
+                    config.max_eval_batches,
+                )
+                writer.write(step, eval_row)
+                status(
+                    f"eval at step {step}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in eval_row.items())
+                )
+            stop = preemption.should_stop(step)
+            if stop:
+                logging.warning("Preempted (SIGTERM): saving step %d and exiting.", step)
+            if stop or step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+                save(step, state, force=stop)  # One save per step: orbax refuses a second one.
+            if stop:
+                break
+    finally:
+        # Commit the save in flight on every exit, errors and Ctrl-C included: orbax's threads
+        # must finish before the interpreter exits, or the newest checkpoint is left half-written.
+        checkpointer.close()
+        writer.close()
