@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,16 +76,28 @@ def cli_env(devices: int = 1) -> dict[str, str]:
 
 
 def run_module(
-    module: str, args: list[str], devices: int = 1, timeout: int = 300, check: bool = True
+    module: str,
+    args: list[str],
+    devices: int = 1,
+    timeout: int = 300,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    wrapper: list[str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Runs `python -m module args...` from the repo root; on failure shows its stderr."""
+    """Runs `python -m module args...` from the repo root; on failure shows its stderr.
+
+    `env` adds variables to `cli_env(devices)`; `preexec_fn` runs in the child before it starts
+    (e.g. to set a resource limit); `wrapper` is a command line that runs python (e.g. setpriv).
+    """
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [*(wrapper or []), sys.executable, "-m", module, *args],
         cwd=REPO,
-        env=cli_env(devices),
+        env={**cli_env(devices), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
@@ -97,3 +111,26 @@ def read_metrics(workdir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
         row = json.loads(line)
         (evals if "eval_mlm_loss" in row else train)[row["step"]] = row
     return train, evals
+
+
+# With JAX_LOG_COMPILES=1 JAX logs every compilation; a bad input must fail before the model's.
+LOG_COMPILES = {"JAX_LOG_COMPILES": "1"}
+_MODEL_COMPILE = re.compile(r"Compiling jit\((init_train_state|train_step|eval_step)\)")
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Checks a CLI run failed as a user error should; returns its `error:` line.
+
+    Exit code 2, the last stderr line is `error: ...` and contains every fragment, no traceback
+    anywhere, no training step taken, and (when run with LOG_COMPILES) no model compiled.
+    """
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert lines and lines[-1].startswith("error: "), proc.stderr[-3000:]
+    assert sum(line.startswith("error: ") for line in lines) == 1, proc.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not re.search(r"^step \d+/", proc.stderr, re.M), "a training step ran"
+    assert not _MODEL_COMPILE.search(proc.stderr), "the model was compiled before failing"
+    return lines[-1]
