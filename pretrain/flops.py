@@ -1,0 +1,132 @@
+"""Training FLOPs of a BERT encoder step, device peak FLOP/s, and model FLOPs utilization (MFU).
+
+FLOPs are counted from the config, not measured: one multiply-add is 2 FLOPs, and the backward
+pass costs twice the forward (so forward + backward = 3x forward). Per sequence of S tokens
+(L layers, width H, MLP width I, vocabulary V, P predicted positions):
+
+    encoder dense    3 * 2 * S * L * (4 H^2 + 2 H I)   Q, K, V, output projection; MLP in + out
+    attention        3 * 4 * S^2 * L * H               scores Q K^T and the weighted sum of V,
+                                                       bidirectional: every query sees all S keys
+    MLM head         3 * 2 * P * (H^2 + H V)           transform + tied decoder, at the P masked
+                                                       positions only (the model gathers them)
+    pooler + NSP     3 * 2 * (H^2 + 2 H)               the [CLS] vector only
+
+With I = 4H the dense term is the usual 72 L H^2 per token (3 x 24 L H^2 forward) and the total
+matches `../shared/REFERENCE.md`: BERT-base at S=128, P=20 is ~546 MFLOP per token. Not counted:
+embedding lookups, LayerNorm, softmax, GELU, dropout, the loss and the optimizer (elementwise,
+O(S H) per token against O(H^2)), and recomputation under remat (MFU counts the model's FLOPs,
+not the hardware's). Padding tokens are counted: the step computes them.
+
+MFU = (FLOPs per step / step time) / (peak FLOP/s per device * devices)
+    = tokens/s * FLOPs per token / (peak per device * devices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import ml_collections
+
+# Dense peak FLOP/s per device (no sparsity), from vendor datasheets. JAX reports one device per
+# TPU chip (v4 and later: megacore) and one per GPU. The 'float32' column is the peak at JAX's
+# default matmul precision, which computes float32 matmuls with bf16 passes on TPU and TF32
+# tensor cores on NVIDIA Ampere and later (docs.jax.dev, "Matmul precision"); a run that sets
+# jax_default_matmul_precision='highest' reaches less. Patterns match `device.device_kind`,
+# lower-cased, first match wins.
+_PEAKS: tuple[tuple[str, float, float], ...] = (
+    # (device_kind regex, bfloat16, float32 at default precision)
+    (r"^tpu v4$", 275e12, 275e12),
+    (r"^tpu v5 ?(lite|e)$", 197e12, 197e12),  # v5e reports 'TPU v5 lite'.
+    (r"^tpu v5p?$", 459e12, 459e12),  # v5p reports 'TPU v5'.
+    (r"^tpu v6 ?(lite|e)$", 918e12, 918e12),  # v6e (Trillium) reports 'TPU v6 lite'.
+    (r"a100", 312e12, 156e12),  # SXM and PCIe share the tensor-core peak.
+    (r"h100.*pcie", 756e12, 378e12),
+    (r"h100.*nvl", 835e12, 418e12),
+    (r"h100", 989e12, 494.7e12),  # SXM ('NVIDIA H100 80GB HBM3').
+    (r"h200", 989e12, 494.7e12),  # GH200 and H200 share the H100 SXM compute.
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+    """Training FLOPs (forward + backward) of one sequence, by part."""
+
+    encoder_dense: float
+    attention: float
+    mlm_head: float
+    pooler_nsp: float
+    seq_len: int
+
+    @property
+    def per_sequence(self) -> float:
+        return self.encoder_dense + self.attention + self.mlm_head + self.pooler_nsp
+
+    @property
+    def per_token(self) -> float:
+        return self.per_sequence / self.seq_len
+
+
+def encoder_train_flops(
+    *,
+    num_layers: int,
+    hidden_size: int,
+    intermediate_size: int,
+    vocab_size: int,
+    seq_len: int,
+    num_predictions: int,
+) -> StepFlops:
+    """Forward + backward FLOPs of one pretraining sequence (see the module docstring)."""
+    L, H, I, V, S, P = (  # noqa: E741 - the formula's letters.
+        num_layers,
+        hidden_size,
+        intermediate_size,
+        vocab_size,
+        seq_len,
+        num_predictions,
+    )
+    fwd_bwd = 3  # Backward = 2x forward: gradients w.r.t. activations and w.r.t. weights.
+    return StepFlops(
+        encoder_dense=fwd_bwd * 2 * S * L * (4 * H * H + 2 * H * I),
+        attention=fwd_bwd * 4 * S * S * L * H,
+        mlm_head=fwd_bwd * 2 * P * (H * H + H * V),
+        pooler_nsp=fwd_bwd * 2 * (H * H + 2 * H),
+        seq_len=S,
+    )
+
+
+def config_train_flops(config: ml_collections.ConfigDict, vocab_size: int) -> StepFlops:
+    """`encoder_train_flops` of a pretraining config (`config.model`, `config.data`)."""
+    return encoder_train_flops(
+        num_layers=config.model.num_hidden_layers,
+        hidden_size=config.model.hidden_size,
+        intermediate_size=config.model.intermediate_size,
+        vocab_size=vocab_size,
+        seq_len=config.data.max_seq_length,
+        num_predictions=config.data.max_predictions_per_seq,
+    )
+
+
+def peak_flops_per_device(device_kind: str, dtype: str, configured: float = 0.0) -> float | None:
+    """Peak dense FLOP/s of one device computing in `dtype`; None where unknown (e.g. CPUs).
+
+    A positive `configured` value (config.benchmark.peak_flops_per_device) wins over the table.
+    """
+    if configured and configured > 0:
+        return float(configured)
+    if dtype not in ("bfloat16", "float32"):
+        raise ValueError(f"dtype={dtype!r}: MFU peaks exist for 'bfloat16' and 'float32' only.")
+    kind = device_kind.strip().lower()
+    for pattern, bf16, fp32 in _PEAKS:
+        if re.search(pattern, kind):
+            return bf16 if dtype == "bfloat16" else fp32
+    return None
+
+
+def mfu(
+    tokens_per_sec: float, flops_per_token: float, peak_per_device: float | None, num_devices: int
+) -> float | None:
+    """Model FLOPs utilization in [0, 1]; None when the device peak is unknown."""
+    if peak_per_device is None or peak_per_device <= 0:
+        return None
+    return tokens_per_sec * flops_per_token / (peak_per_device * num_devices)

@@ -1,0 +1,83 @@
+"""Encoder FLOP counts against REFERENCE.md and a matmul-by-matmul count; device peaks; MFU."""
+
+import pytest
+
+from configs import default, mini
+from pretrain import flops
+
+
+def _matmul_flops_by_hand(L, H, I, V, S, P):  # noqa: E741 - the formula's letters.
+    """Forward + backward FLOPs of one sequence, listing every matmul as (rows, inner, cols)."""
+    per_layer = [
+        (S, H, H),  # query
+        (S, H, H),  # key
+        (S, H, H),  # value
+        (S, S, H),  # scores: S queries x S keys, summed over the head dims (H in all)
+        (S, S, H),  # probabilities x values
+        (S, H, H),  # output projection
+        (S, H, I),  # MLP in
+        (S, I, H),  # MLP out
+    ]
+    head = [(P, H, H), (P, H, V), (1, H, H), (1, H, 2)]  # MLM transform, decoder, pooler, NSP
+    forward = sum(2 * m * k * n for m, k, n in per_layer) * L + sum(
+        2 * m * k * n for m, k, n in head
+    )
+    return 3 * forward
+
+
+def test_counts_every_matmul_once():
+    shape = dict(L=2, H=8, I=24, V=50, S=16, P=3)
+    counted = flops.encoder_train_flops(
+        num_layers=2, hidden_size=8, intermediate_size=24, vocab_size=50, seq_len=16,
+        num_predictions=3,
+    )  # fmt: skip
+    assert counted.per_sequence == _matmul_flops_by_hand(**shape)
+    assert counted.per_token == counted.per_sequence / 16
+
+
+@pytest.mark.parametrize(
+    "predictions, expected_mflop_per_token",
+    [(20, 546), (128, 668)],  # REFERENCE.md: masked positions only; every position.
+)
+def test_bert_base_matches_the_reference(predictions, expected_mflop_per_token):
+    config = default.get_config()  # BERT-base, S=128.
+    config.data.max_predictions_per_seq = predictions
+    counted = flops.config_train_flops(config, vocab_size=30522).per_token / 1e6
+    assert counted == pytest.approx(expected_mflop_per_token, rel=2e-3)
+
+
+def test_bert_mini_matches_the_reference():
+    counted = flops.config_train_flops(mini.get_config(), vocab_size=30522)
+    assert counted.per_token / 1e6 == pytest.approx(28, rel=0.01)
+    # The MLM head is counted at the 20 masked positions only: a fifth of the step, not half.
+    assert counted.mlm_head / counted.per_sequence == pytest.approx(0.265, abs=0.005)
+
+
+@pytest.mark.parametrize(
+    "kind, dtype, peak",
+    [
+        ("TPU v4", "bfloat16", 275e12),
+        ("TPU v5 lite", "bfloat16", 197e12),
+        ("TPU v5", "bfloat16", 459e12),
+        ("TPU v5p", "float32", 459e12),  # TPUs run float32 matmuls as bf16 passes by default.
+        ("TPU v6 lite", "bfloat16", 918e12),
+        ("NVIDIA A100-SXM4-80GB", "bfloat16", 312e12),
+        ("NVIDIA A100-SXM4-40GB", "float32", 156e12),  # TF32 tensor cores.
+        ("NVIDIA H100 80GB HBM3", "bfloat16", 989e12),
+        ("NVIDIA H100 PCIe", "bfloat16", 756e12),
+        ("NVIDIA H200", "bfloat16", 989e12),
+        ("cpu", "float32", None),
+        ("TPU v3", "bfloat16", None),  # Not in the table: no guess.
+    ],
+)
+def test_peak_table(kind, dtype, peak):
+    assert flops.peak_flops_per_device(kind, dtype) == peak
+
+
+def test_configured_peak_wins_and_mfu():
+    assert flops.peak_flops_per_device("cpu", "float32", configured=1e12) == 1e12
+    # 1000 tokens/s x 1e9 FLOP/token = 1e12 FLOP/s on 4 devices of 1e12 peak each.
+    assert flops.mfu(1000.0, 1e9, 1e12, 4) == pytest.approx(0.25)
+    assert flops.mfu(1000.0, 1e9, None, 4) is None
+    with pytest.raises(ValueError, match="float16"):
+        flops.peak_flops_per_device("TPU v4", "float16")
