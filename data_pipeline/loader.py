@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import logging
 
-from data_pipeline import documents, instances, masking
+from data_pipeline import documents, instances, masking, pretokenize
 
 EVAL_SEED = 1234  # The eval set and its masks do not depend on the run's seed.
 
@@ -250,6 +250,8 @@ def _cache_key(spec: str, text_feature: str, tokenizer_fingerprint: str, params:
     """Hash of everything an instance store depends on; any change gives a new cache file."""
     if documents.is_tfds_spec(spec):
         source = [spec.strip(), text_feature]
+    elif pretokenize.is_pretokenized(spec):
+        source = [pretokenize.fingerprint(spec)]
     else:
         source = [
             (os.path.abspath(p), os.stat(p).st_size, os.stat(p).st_mtime_ns)
@@ -278,6 +280,9 @@ def load_or_build_store(
 ) -> instances.InstanceStore:
     """Reads, tokenizes and builds the instances of `spec`, or loads them from `cache_dir`.
 
+    `spec` may also be a directory written by `data_pipeline.pretokenize`: its shards are read
+    instead of tokenizing text (same documents, same instances).
+
     The cache file is keyed by the files (paths, sizes, mtimes), the tokenizer and every building
     parameter, and written atomically, so concurrent processes may share `cache_dir`.
     """
@@ -301,9 +306,12 @@ def load_or_build_store(
                 logging.warning("Rebuilding the instance cache: %s", e)
 
     start = time.perf_counter()
-    docs = instances.tokenize_documents(
-        documents.iter_documents(spec, text_feature=text_feature), tokenizer
-    )
+    if pretokenize.is_pretokenized(spec):  # A data_pipeline.pretokenize output directory.
+        docs = pretokenize.read_documents(spec, tokenizer)
+    else:
+        docs = instances.tokenize_documents(
+            documents.iter_documents(spec, text_feature=text_feature), tokenizer
+        )
     store = instances.build_instance_store(docs, **params)
     logging.info(
         "Built %d instances from %d documents of %s in %.1f s",
