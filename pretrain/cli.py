@@ -6,6 +6,7 @@ stderr naming the problem and the fix, exit code 2, and no traceback. Bugs still
 
 from __future__ import annotations
 
+import importlib.util
 import logging as py_logging
 import os
 import sys
@@ -101,10 +102,14 @@ def _quiet_background_echoes() -> None:
 
 
 def _on_cluster_without_flags() -> bool:
-    # TPU VMs and SLURM jobs describe the cluster in the environment; JAX reads it itself.
-    if "TPU_WORKER_HOSTNAMES" in os.environ or "CLOUD_TPU_TASK_ID" in os.environ:
+    """True on TPU VMs and inside a multi-task `srun`, where JAX reads the cluster itself."""
+    # GKE names the TPU workers in the environment; on other TPU VMs JAX asks the metadata
+    # server, which jax[tpu] (libtpu) implies.
+    tpu_vars = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "CLOUD_TPU_TASK_ID")
+    if any(v in os.environ for v in tpu_vars) or importlib.util.find_spec("libtpu") is not None:
         return True
-    return int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    # JAX's SLURM detection needs the step's node list, which a batch script outside srun lacks.
+    return "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def initialize_distributed() -> None:
@@ -116,6 +121,11 @@ def initialize_distributed() -> None:
                 "--coordinator_address, --num_processes and --process_id go together; "
                 "give all three (or none on TPU VMs and SLURM)."
             )
+        if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+            fail(
+                f"--process_id={FLAGS.process_id} must be in [0, --num_processes="
+                f"{FLAGS.num_processes}); number the processes 0..N-1."
+            )
         if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
             # Cross-process collectives on CPU need gloo (the default has none).
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -125,4 +135,10 @@ def initialize_distributed() -> None:
             process_id=FLAGS.process_id,
         )
     elif _on_cluster_without_flags():
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # No cluster found (e.g. jax[tpu] installed off a TPU VM).
+            fail(
+                f"jax.distributed.initialize() found no cluster ({e}); pass "
+                "--coordinator_address, --num_processes and --process_id."
+            )

@@ -38,8 +38,13 @@ class MetricsWriter:
         self.enabled = enabled
         self._path = epath.Path(workdir) / "metrics.jsonl"
         self._tb = None
+        # Object stores (gs://, s3://) cannot append to a file: there the rows are kept here and
+        # the file is rewritten whole at each write (one row per log_every_steps: small).
+        self._text: str | None = None
         if enabled:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            if "://" in str(self._path):
+                self._text = self._path.read_text() if self._path.exists() else ""
             from tensorboardX import SummaryWriter  # Imported lazily: process 0 only.
 
             self._tb = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
@@ -49,8 +54,13 @@ class MetricsWriter:
         if not self.enabled:
             return
         row = {"step": int(step), **{k: _jsonable(v) for k, v in scalars.items()}}
-        with self._path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._text is None:
+            with self._path.open("a") as f:
+                f.write(line)
+        else:
+            self._text += line
+            self._path.write_text(self._text)
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, int(step))

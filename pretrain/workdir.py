@@ -7,9 +7,16 @@ WORKDIR/tokenizer_config.json  normalization options (data_pipeline/wordpiece.py
 WORKDIR/checkpoints/<step>/  orbax checkpoints (pretrain/checkpoint.py)
 WORKDIR/metrics.jsonl        metrics rows (pretrain/metrics.py)
 WORKDIR/data_cache/          instance stores built from the text, reused on restart
+
+WORKDIR may be any etils path (gs://bucket/run): everything here goes through epath; what
+tools read as plain files (the tokenizer, the instance cache) is mirrored in `local_dir`.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
 
 import jax
 import ml_collections
@@ -23,6 +30,8 @@ from pretrain.metrics import status
 TOKENIZER_FILE = "tokenizer.model"
 WORDPIECE_FILE = wordpiece.VOCAB_FILE
 CHECKPOINTS_DIR = "checkpoints"
+# Every file a workdir's tokenizer may consist of (sentencepiece or WordPiece).
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer.vocab", WORDPIECE_FILE, wordpiece.CONFIG_FILE)
 
 
 def tokenizer_path(workdir: str | epath.PathLike) -> epath.Path:
@@ -42,6 +51,38 @@ def checkpoints_dir(workdir: str | epath.PathLike) -> epath.Path:
     return epath.Path(workdir) / CHECKPOINTS_DIR
 
 
+def is_local(path: str | epath.PathLike) -> bool:
+    """False for URIs (gs://, s3://), which only epath reaches, not open() or os.path."""
+    return "://" not in os.fspath(path)
+
+
+def local_dir(workdir: str | epath.PathLike) -> epath.Path:
+    """This host's folder for the workdir files that tools read as plain files.
+
+    The workdir itself when it is local; for a remote one, a folder of the system temp dir
+    named after it.
+    """
+    if is_local(workdir):
+        return epath.Path(workdir)
+    key = hashlib.sha256(os.fspath(workdir).encode()).hexdigest()[:16]
+    return epath.Path(tempfile.gettempdir()) / f"bert-jax-workdir-{key}"
+
+
+def data_cache_dir(workdir: str | epath.PathLike) -> str:
+    """Where the instance stores built from the text are cached: a local path on every host."""
+    return os.fspath(local_dir(workdir) / "data_cache")
+
+
+def _copy_tokenizer(source: epath.Path, dest: epath.Path) -> None:
+    """Copies the tokenizer files between a remote workdir and its local folder."""
+    if os.fspath(source) == os.fspath(dest):
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            (source / name).copy(dest / name, overwrite=True)
+
+
 def prepare_tokenizer(
     data_config: ml_collections.ConfigDict, workdir: epath.Path
 ) -> tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer:
@@ -50,18 +91,21 @@ def prepare_tokenizer(
     `data.tokenizer_model` is a sentencepiece `.model` or a WordPiece `vocab.txt` (copied with
     its options). Process 0 writes it; the others wait at a barrier, then every process loads
     the same file. A restart finds the file and reuses it, so ids never change within a run.
+    A remote workdir's tokenizer is made and loaded in `local_dir` and copied through epath.
     """
+    local = local_dir(workdir)
     if jax.process_index() == 0 and not tokenizer_file(workdir).exists():
-        target = tokenizer_path(workdir)
+        local.mkdir(parents=True, exist_ok=True)
+        target = tokenizer_path(local)
         if data_config.tokenizer_model:
             # Validate before copying.
             source = tokenizer_lib.load_tokenizer(data_config.tokenizer_model)
             if isinstance(source, wordpiece.WordPieceTokenizer):
-                source.save(str(workdir))
+                source.save(str(local))
             else:
-                epath.Path(data_config.tokenizer_model).copy(target)
+                epath.Path(data_config.tokenizer_model).copy(target, overwrite=True)
         else:
-            status(f"Training a {data_config.vocab_size}-piece tokenizer into {target}.")
+            status(f"Training a {data_config.vocab_size}-piece tokenizer into {workdir}.")
             prefix = str(target)[: -len(".model")]
             tokenizer_lib.train_tokenizer(
                 data_config.train_files.split(","),
@@ -69,6 +113,8 @@ def prepare_tokenizer(
                 output_prefix=prefix,
                 lower_case=data_config.lower_case,
             )
+        _copy_tokenizer(local, workdir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("tokenizer ready")
-    return tokenizer_lib.load_tokenizer(str(tokenizer_file(workdir)))
+    _copy_tokenizer(workdir, local)
+    return tokenizer_lib.load_tokenizer(str(tokenizer_file(local)))
