@@ -80,3 +80,37 @@ def make_optimizer(
     if float(opt_config.max_grad_norm) > 0:
         tx = optax.chain(optax.clip_by_global_norm(float(opt_config.max_grad_norm)), tx)
     return tx, schedule
+
+
+def layer_depth(path: tuple[Any, ...], num_layers: int) -> int:
+    """Depth of a BERT parameter for layer-wise learning-rate decay.
+
+    Embeddings are depth 0, encoder layer i is i + 1, and everything above the encoder (pooler,
+    task heads) is num_layers + 1.
+    """
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    if names[:2] == ["bert", "embeddings"]:
+        return 0
+    if names[:2] == ["bert", "layers"]:
+        return int(names[2]) + 1
+    return num_layers + 1
+
+
+def scale_by_layerwise_lr_decay(decay: float, num_layers: int) -> optax.GradientTransformation:
+    """Scales the update of a parameter at depth d by decay ** (num_layers + 1 - d).
+
+    Chained after AdamW, whose update already holds -lr * (adam direction + weight decay), this
+    gives every layer its own learning rate: the top one the schedule's, each layer below it
+    `decay` times less (ELECTRA, Clark et al. 2020). The multipliers are static, so no state.
+    """
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"config.optimizer.layerwise_lr_decay must be in (0, 1], got {decay}.")
+
+    def update_fn(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * decay ** (num_layers + 1 - layer_depth(path, num_layers)), updates
+        )
+        return scaled, state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)

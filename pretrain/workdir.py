@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 
 from data_pipeline import tokenizer as tokenizer_lib
 from data_pipeline import wordpiece
+from pretrain.checkpoint import Checkpointer
 from pretrain.metrics import status
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -118,3 +119,30 @@ def prepare_tokenizer(
         multihost_utils.sync_global_devices("tokenizer ready")
     _copy_tokenizer(workdir, local)
     return tokenizer_lib.load_tokenizer(str(tokenizer_file(local)))
+
+
+def latest_checkpoint(workdir: str | epath.PathLike) -> tuple[int, dict]:
+    """(newest complete checkpoint step, the config saved with it) of a pretraining workdir.
+
+    Raises FileNotFoundError naming what is missing when `workdir` has no tokenizer or no
+    complete checkpoint (a step folder still being written does not count).
+    """
+    workdir = epath.Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"{workdir} does not exist: point at a pretraining workdir.")
+    if not tokenizer_file(workdir).exists():
+        raise FileNotFoundError(
+            f"{workdir} has no {TOKENIZER_FILE} or {WORDPIECE_FILE}: it is not a workdir of "
+            "`pretrain.train` or `pretrain.import_hf`."
+        )
+    directory = checkpoints_dir(workdir)
+    checkpointer = Checkpointer(directory) if directory.is_dir() else None
+    step = checkpointer.latest_step() if checkpointer else None
+    if step is None:
+        raise FileNotFoundError(
+            f"{directory} holds no complete checkpoint: pretrain first (checkpoints are written "
+            "every config.checkpoint_every_steps and at the end)."
+        )
+    config = checkpointer.read_config(step)
+    checkpointer.close()
+    return step, config

@@ -1,0 +1,37 @@
+"""Fine-tunes a pretrained BERT on a classification (or regression) task.
+
+    python -m pretrain.finetune --config=configs/finetune_classify.py --workdir=DIR \
+        --config.init_from=PRETRAIN_DIR \
+        --config.data.train_file=TRAIN.tsv --config.data.eval_file=EVAL.tsv \
+        [--config.KEY=VALUE ...] \
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
+
+Resumes from the newest complete checkpoint in DIR/checkpoints; on SIGTERM saves and exits 0.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from pretrain import cli, finetuner
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Fine-tuning config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics, labels and predictions."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+    # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    cli.initialize_distributed()
+    cli.run_user_errors_as_one_line(lambda: finetuner.finetune(_CONFIG.value, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.parse_flags)
