@@ -1,0 +1,83 @@
+"""`python -m pretrain.benchmark`: the JSON line of the contract, and one-line failures."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from pretrain import benchmarking
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONTRACT_KEYS = (
+    "tokens_per_sec",
+    "step_time_s",
+    "compile_time_s",
+    "input_tokens_per_sec",
+    "mfu",
+    "peak_memory_bytes",
+    "devices",
+)
+
+
+def _benchmark(*overrides: str) -> subprocess.CompletedProcess:
+    # The subprocess inherits the 8 simulated CPU devices of conftest.py.
+    return subprocess.run(
+        [sys.executable, "-m", "pretrain.benchmark", "--config=configs/smoke.py", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _tiny(corpus, tokenizer) -> list[str]:
+    return [
+        f"--config.data.train_files={corpus}",
+        f"--config.data.tokenizer_model={tokenizer.model_path}",
+        "--config.data.vocab_size=300",
+        "--config.data.max_seq_length=32",
+        "--config.data.max_predictions_per_seq=5",
+        "--config.global_batch_size=16",
+        "--config.model.num_hidden_layers=1",
+        "--config.model.hidden_size=32",
+        "--config.model.num_attention_heads=2",
+        "--config.model.intermediate_size=64",
+        "--config.benchmark.warmup_steps=1",
+        "--config.benchmark.timed_steps=2",
+        "--config.benchmark.input_batches=3",
+    ]
+
+
+def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokenizer):
+    result = _benchmark(*_tiny(pipeline_corpus[0], pipeline_tokenizer))
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(CONTRACT_KEYS) <= set(row)
+    assert row["devices"] == 8
+    assert row["tokens_per_sec"] > 0 and row["input_tokens_per_sec"] > 0
+    # Throughput and step time describe the same measurement: 16 x 32 tokens per step.
+    assert abs(row["tokens_per_sec"] * row["step_time_s"] - 16 * 32) < 1e-6
+    # CPUs have no peak in the table (tests/test_flops.py covers the table and a set peak).
+    assert row["mfu"] is None and row["peak_flops_per_device"] is None
+    assert np.isfinite(row["loss"]) and row["compile_time_s"] > 0
+    assert row["peak_memory_bytes"] > 0 and row["peak_memory_source"] == "host_max_rss"
+
+
+def test_missing_data_fails_with_one_line(tmp_path):
+    result = _benchmark(f"--config.data.train_files={tmp_path}/nothing*.txt")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "nothing*.txt" in lines[-1]
+    assert result.stdout.strip() == ""  # No result line, no compile: it failed first.
+
+
+def test_synthetic_batch_is_a_valid_pretraining_batch():
+    batch = benchmarking.synthetic_batch(4, 16, 5, vocab_size=100, seed=1)
+    positions = batch["masked_lm_positions"]
+    assert positions.shape == (4, 5) and positions.dtype == np.int32
+    assert all(len(set(row)) == 5 for row in positions)  # Distinct positions...
+    assert positions.min() >= 1 and positions.max() <= 14  # ...never [CLS] or the last token.
+    assert batch["input_ids"].min() >= 5 and batch["input_ids"].max() < 100  # No special ids.
+    assert batch["input_mask"].all() and batch["masked_lm_weights"].all()
