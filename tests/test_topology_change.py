@@ -1,0 +1,98 @@
+"""Preemption and topology change: a run goes on, on another mesh or number of processes.
+
+The batch of step s is a function of (seed, s), and checkpoints restore into whatever sharding
+the new mesh gives, so after a resume the losses are those of the uninterrupted run up to
+float32 reduction order. The uninterrupted run: 8 devices as data=4 x tensor=2, one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_multiprocess import (
+    LOSS_TOLERANCE,
+    data_flags,
+    finish,
+    losses,
+    max_loss_diff,
+    metric_rows,
+    start_training,
+    train,
+)
+
+STEPS = 24
+SAVE_EVERY = 12
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, pipeline_corpus, pipeline_tokenizer) -> Path:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    train(run, (*_flags(pipeline_corpus, pipeline_tokenizer), "--config.mesh.tensor=2"), devices=8)
+    assert sorted(losses(run)) == list(range(1, STEPS + 1))
+    return run
+
+
+def _flags(pipeline_corpus, pipeline_tokenizer) -> tuple[str, ...]:
+    return (
+        *data_flags(pipeline_corpus, pipeline_tokenizer),
+        f"--config.num_train_steps={STEPS}",
+        f"--config.checkpoint_every_steps={SAVE_EVERY}",
+    )
+
+
+def test_resume_on_two_devices_continues_the_eight_device_run(
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+):
+    # The run as it stood at step 12: its checkpoint (sharded data=4 x tensor=2) and its rows.
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    shutil.rmtree(run / "checkpoints" / str(STEPS))
+    kept = [row for row in metric_rows(run) if row["step"] <= SAVE_EVERY]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+
+    train(run, _flags(pipeline_corpus, pipeline_tokenizer), devices=2)  # data=2
+
+    resumed = losses(run)  # Fails on a step written twice, as a restart from scratch would.
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
+
+
+def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+):
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    flags = _flags(pipeline_corpus, pipeline_tokenizer)
+    proc = start_training(run, flags, devices=2, processes=2, log_dir=logs)
+    # Preempt process 1 (not the coordinator) once training is under way.
+    metrics_file = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics_file.exists() and '"step": 2,' in metrics_file.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.05)
+    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGTERM)
+    finish(proc, logs)  # Exit status 0 from both processes.
+
+    saved = [
+        re.findall(
+            r"Preempted \(SIGTERM\): saving step (\d+)", (logs / f"process_{i}.log").read_text()
+        )
+        for i in range(2)
+    ]
+    assert len(saved[0]) == 1 and saved[0] == saved[1], saved
+    step = int(saved[0][0])
+    assert step < STEPS, "the run ended before the preemption took effect"
+    assert (run / "checkpoints" / str(step)).is_dir()
+    assert max(losses(run)) == step
+
+    train(run, flags, devices=2, processes=2)  # Both processes restore the checkpoint together.
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
