@@ -65,34 +65,55 @@ def test_resume_on_two_devices_continues_the_eight_device_run(
     assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
 
 
-def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(
-    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
-):
+def _preempt_then_resume(
+    tmp_path: Path, flags: tuple[str, ...], *, processes: int, devices: int
+) -> tuple[Path, list[list[str]]]:
+    """Sends SIGTERM to the last process once step 2 is logged, then resumes to the end.
+
+    Returns the run's workdir and, per process, the steps its log says it saved on SIGTERM.
+    """
     run, logs = tmp_path / "run", tmp_path / "logs"
-    flags = _flags(pipeline_corpus, pipeline_tokenizer)
-    proc = start_training(run, flags, devices=2, processes=2, log_dir=logs)
-    # Preempt process 1 (not the coordinator) once training is under way.
+    proc = start_training(run, flags, devices=devices, processes=processes, log_dir=logs)
     metrics_file = run / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while not (metrics_file.exists() and '"step": 2,' in metrics_file.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, "training did not start"
         time.sleep(0.05)
-    os.kill(int((logs / "process_1.pid").read_text()), signal.SIGTERM)
-    finish(proc, logs)  # Exit status 0 from both processes.
-
+    last = logs / f"process_{processes - 1}.pid"
+    os.kill(int(last.read_text()) if last.exists() else proc.pid, signal.SIGTERM)
+    finish(proc, logs)  # Exit status 0 from every process.
     saved = [
-        re.findall(
-            r"Preempted \(SIGTERM\): saving step (\d+)", (logs / f"process_{i}.log").read_text()
-        )
-        for i in range(2)
+        re.findall(r"Preempted \(SIGTERM\): saving step (\d+)", log.read_text())
+        for log in sorted(logs.glob("process_*.log"))
     ]
-    assert len(saved[0]) == 1 and saved[0] == saved[1], saved
+    assert len(saved) == processes and len(saved[0]) == 1, saved
     step = int(saved[0][0])
     assert step < STEPS, "the run ended before the preemption took effect"
     assert (run / "checkpoints" / str(step)).is_dir()
-    assert max(losses(run)) == step
+    assert max(losses(run)) == step  # It stopped there.
 
-    train(run, flags, devices=2, processes=2)  # Both processes restore the checkpoint together.
+    train(run, flags, devices=devices, processes=processes)
+    return run, saved
+
+
+def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+):
+    # Process 1, not the coordinator, gets the signal; the resume restores on both together.
+    flags = _flags(pipeline_corpus, pipeline_tokenizer)
+    run, saved = _preempt_then_resume(tmp_path, flags, processes=2, devices=2)
+    assert saved[0] == saved[1], saved
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
+
+
+def test_sigterm_to_a_single_process_saves_and_resumes(
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+):
+    run, _ = _preempt_then_resume(
+        tmp_path, _flags(pipeline_corpus, pipeline_tokenizer), processes=1, devices=2
+    )
     resumed = losses(run)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
