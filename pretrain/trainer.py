@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 
 from data_pipeline import loader as data_loader
 from data_pipeline.tokenizer import Tokenizer
-from pretrain import sharding, steps, validate
+from pretrain import flops, sharding, steps, validate
 from pretrain.checkpoint import Checkpointer
 from pretrain.metrics import MetricsWriter, ProgressLine, status
 from pretrain.model import BertConfig
@@ -196,6 +196,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     preemption = PreemptionWatcher(start_step)
     config_json = config.to_dict()
     tokens_per_step = config.global_batch_size * config.data.max_seq_length
+    flops_per_token = flops.config_train_flops(config, tokenizer.vocab_size).per_token
+    peak_flops = flops.peak_flops_per_device(
+        jax.devices()[0].device_kind, config.dtype, config.benchmark.peak_flops_per_device
+    )
 
     reported_bad_steps = [0]  # Skipped steps already warned about (the count is in the state).
 
@@ -252,6 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 now = time.time()
                 if step > last_step:
                     row["tokens_per_sec"] = tokens_per_step * (step - last_step) / (now - last_time)
+                    row["mfu"] = flops.mfu(
+                        row["tokens_per_sec"], flops_per_token, peak_flops, jax.device_count()
+                    )
                     last_time, last_step = now, step
                 writer.write(step, row)
                 progress.show(step, row)
