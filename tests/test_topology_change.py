@@ -65,10 +65,10 @@ def test_resume_on_two_devices_continues_the_eight_device_run(
     assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
 
 
-def _preempt_then_resume(
+def _preempt(
     tmp_path: Path, flags: tuple[str, ...], *, processes: int, devices: int
 ) -> tuple[Path, list[list[str]]]:
-    """Sends SIGTERM to the last process once step 2 is logged, then resumes to the end.
+    """Sends SIGTERM to the last process once step 2 is logged; checks the run saved and ended.
 
     Returns the run's workdir and, per process, the steps its log says it saved on SIGTERM.
     """
@@ -91,8 +91,6 @@ def _preempt_then_resume(
     assert step < STEPS, "the run ended before the preemption took effect"
     assert (run / "checkpoints" / str(step)).is_dir()
     assert max(losses(run)) == step  # It stopped there.
-
-    train(run, flags, devices=devices, processes=processes)
     return run, saved
 
 
@@ -101,19 +99,19 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(
 ):
     # Process 1, not the coordinator, gets the signal; the resume restores on both together.
     flags = _flags(pipeline_corpus, pipeline_tokenizer)
-    run, saved = _preempt_then_resume(tmp_path, flags, processes=2, devices=2)
+    run, saved = _preempt(tmp_path, flags, processes=2, devices=2)
     assert saved[0] == saved[1], saved
+
+    train(run, flags, devices=2, processes=2)
     resumed = losses(run)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
 
 
-def test_sigterm_to_a_single_process_saves_and_resumes(
+def test_sigterm_to_a_single_process_saves_the_step_and_exits_0(
     uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
 ):
-    run, _ = _preempt_then_resume(
-        tmp_path, _flags(pipeline_corpus, pipeline_tokenizer), processes=1, devices=2
-    )
-    resumed = losses(run)
-    assert sorted(resumed) == list(range(1, STEPS + 1))
-    assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
+    # One process takes the Python-handler path; resuming is what the test above checks.
+    run, _ = _preempt(tmp_path, _flags(pipeline_corpus, pipeline_tokenizer), processes=1, devices=2)
+    before, reference = losses(run), losses(uninterrupted)
+    assert max_loss_diff(before, {s: reference[s] for s in before}) < LOSS_TOLERANCE
