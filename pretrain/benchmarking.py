@@ -30,7 +30,7 @@ from data_pipeline import loader as data_loader
 from pretrain import flops, sharding, steps, validate
 from pretrain.model import BertConfig
 from pretrain.optimizer import make_optimizer
-from pretrain.workdir import prepare_tokenizer
+from pretrain.workdir import data_cache_dir, prepare_tokenizer
 
 
 def synthetic_batch(
@@ -200,7 +200,7 @@ def time_input_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict
         seed=config.seed,
         global_batch_size=config.global_batch_size,
         eval_batch_size=config.eval_batch_size,
-        cache_dir=str(workdir_path / "data_cache"),
+        cache_dir=data_cache_dir(workdir_path),
     )
     setup_time = time.perf_counter() - start
 

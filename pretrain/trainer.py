@@ -33,7 +33,7 @@ from pretrain.checkpoint import Checkpointer
 from pretrain.metrics import MetricsWriter, ProgressLine, status
 from pretrain.model import BertConfig
 from pretrain.optimizer import make_optimizer
-from pretrain.workdir import prepare_tokenizer
+from pretrain.workdir import data_cache_dir, prepare_tokenizer
 
 
 class NonFiniteError(FloatingPointError):
@@ -146,7 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         seed=config.seed,
         global_batch_size=config.global_batch_size,
         eval_batch_size=config.eval_batch_size,
-        cache_dir=str(workdir_path / "data_cache"),
+        cache_dir=data_cache_dir(workdir_path),
     )
     model_config = BertConfig.from_config(
         config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
