@@ -112,27 +112,25 @@ def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> Ra
         raise ValueError(
             f"cannot open TFDS dataset {name!r} split {split!r}: {e}".splitlines()[0]
         ) from e
-    names = None
-    feature = source.dataset_info.features[label_key] if label_key else None
-    if feature is not None and hasattr(feature, "names"):
-        names = list(feature.names)
-    keys = [k for k in (text_a_key, text_b_key, label_key) if k]
-    text_a, text_b, labels, records = [], [], [], []
+    features = source.dataset_info.features
+    keys = [text_a_key, label_key] + ([text_b_key] if text_b_key else [])
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no feature {missing[0]!r} (it has {sorted(features)}): "
+            "set data.text_a_key, data.text_b_key and data.label_key."
+        )
+    names = list(features[label_key].names) if hasattr(features[label_key], "names") else None
+    text_a, text_b, labels = [], [], []
     for i in range(len(source)):
         record = source[i]
-        missing = [k for k in keys if k not in record]
-        if missing:
-            raise ValueError(
-                f"TFDS dataset {name!r} has no feature {missing[0]!r} (it has {sorted(record)}): "
-                "set data.text_a_key, data.text_b_key and data.label_key."
-            )
         label = record[label_key]
         if names is not None:
             index = int(label)
             if not 0 <= index < len(names):
                 raise ValueError(
                     f"{spec}, record {i}: label {index} is not a class of {name!r} (GLUE test "
-                    "splits are unlabelled, -1): evaluate on a labelled split such as validation."
+                    "splits are unlabelled, -1): evaluate on a labelled split (validation)."
                 )
             labels.append(names[index])
         else:
@@ -140,9 +138,9 @@ def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> Ra
         text_a.append(_as_text(record[text_a_key]))
         if text_b_key:
             text_b.append(_as_text(record[text_b_key]))
-        records.append(i)
     if not labels:
         raise ValueError(f"{spec} holds no examples.")
+    records = list(range(len(labels)))
     return RawExamples(spec, text_a, text_b if text_b_key else None, labels, records, names)
 
 
