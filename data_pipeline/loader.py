@@ -2,10 +2,10 @@
 
 Train order: global position g = step * global_batch_size + row lies in epoch g // N and is
 example `permutation(seed, epoch)[g % N]` of the instance store (N instances), with
-`permutation(seed, epoch) = np.random.default_rng([seed, epoch]).permutation(N)`. Its masks come
-from `np.random.default_rng([seed, example, epoch])`. So a batch is a pure function of
-(seed, step, row): resume is exact, and any number of processes, each building only its rows
-(`process_rows`), together build the same global batch.
+`permutation(seed, epoch) = np.random.default_rng([seed, PERMUTATION, epoch]).permutation(N)`. Its
+masks come from `np.random.default_rng([seed, MASKS, example, epoch])`. So a batch is a pure
+function of (seed, step, row): resume is exact, and any number of processes, each building only
+its rows (`process_rows`), together build the same global batch.
 
 Eval: a fixed set (fixed seed, epoch 0 masks) read in order in batches; the last batch is padded
 with all-zero rows whose `masked_lm_weights` and `next_sentence_weights` are 0.
@@ -27,6 +27,10 @@ from absl import logging
 from data_pipeline import documents, instances, masking, pretokenize
 
 EVAL_SEED = 1234  # The eval set and its masks do not depend on the run's seed.
+# Stream tags: numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the epoch-0
+# permutation would draw the same stream as instance building, and masks would collide with
+# permutations of other epochs.
+PERMUTATION, MASKS = 1, 2
 
 
 def process_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
@@ -125,7 +129,7 @@ class _Batcher:
             ids, len_first = masking.pack_pair(tokens_a, tokens_b, cls_id=v.cls_id, sep_id=v.sep_id)
             masked, positions, original = masking.mask_sequence(
                 ids,
-                rng=np.random.default_rng([self.seed, example, int(epochs[r])]),
+                rng=np.random.default_rng([self.seed, MASKS, example, int(epochs[r])]),
                 max_predictions_per_seq=p,
                 masked_lm_prob=self.masked_lm_prob,
                 vocab_size=v.vocab_size,
@@ -176,7 +180,9 @@ class PretrainingLoader(_Batcher):
         """int64 [N]: the order of the store's examples in `epoch` (the latest one is cached)."""
         cached_epoch, order = self._cached_permutation  # One read: safe against a racing write.
         if cached_epoch != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            order = np.random.default_rng([self.seed, PERMUTATION, epoch]).permutation(
+                self.num_examples
+            )
             self._cached_permutation = (epoch, order)
         return order
 

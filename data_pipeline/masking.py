@@ -11,8 +11,9 @@ google-research/bert `create_masked_lm_predictions`:
 * each chosen position becomes [MASK] 80% of the time, a random non-special token 10%, and stays
   unchanged 10%.
 
-The rng is passed in; the loader builds it as `np.random.default_rng([seed, example, epoch])`, so
-masks are a pure function of those three numbers (dynamic masking, no stored masks).
+The rng is passed in; the loader builds it as
+`np.random.default_rng([seed, MASKS, example, epoch])`, so masks are a pure function of those
+numbers (dynamic masking, no stored masks).
 """
 
 import dataclasses

@@ -98,7 +98,7 @@ def test_each_epoch_visits_every_example_once(store):
     assert not np.array_equal(examples[:n], examples[n : 2 * n])  # Reshuffled per epoch.
     # Global position g is example permutation(seed, epoch)[g % n].
     for epoch in range(2):
-        expected = np.random.default_rng([0, epoch]).permutation(n)
+        expected = np.random.default_rng([0, loader.PERMUTATION, epoch]).permutation(n)
         np.testing.assert_array_equal(examples[epoch * n : (epoch + 1) * n], expected)
 
 
