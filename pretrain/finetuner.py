@@ -376,7 +376,8 @@ def _train(
     eval_rows, put_eval = rows_and_put(config.eval_batch_size)
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = ProgressLine(config.num_train_steps, enabled=is_main)
-    preemption = trainer.PreemptionWatcher(start_step)
+    preemption = trainer.PreemptionWatcher()
+    preemption.start(start_step)
 
     def check_finite(state: TrainState) -> None:
         bad = int(jax.device_get(state.bad_steps))

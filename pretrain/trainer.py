@@ -55,9 +55,15 @@ class PreemptionWatcher:
     manager's C++ one.
     """
 
-    def __init__(self, start_step: int) -> None:
+    def __init__(self) -> None:
+        """Installed first thing, so a SIGTERM during data preparation is not lost."""
         self._requested = threading.Event()
         self._multi_process = jax.process_count() > 1
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self._requested.set())
+
+    def start(self, start_step: int) -> None:
+        """Called once the starting step is known (after restore)."""
         if self._multi_process:
             try:
                 # The manager's step counter starts at 0; a notice before the first step would
@@ -68,8 +74,10 @@ class PreemptionWatcher:
                 # others waiting in a collective.
                 logging.warning("No coordinated save on SIGTERM: %s", e)
                 self._multi_process = False
-        elif threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self._requested.set())
+
+    def requested_before_start(self) -> bool:
+        """True when this single process was told to stop before taking a step."""
+        return not self._multi_process and self._requested.is_set()
 
     def should_stop(self, step: int) -> bool:
         """Called after every step, with the step just taken, by every process."""
@@ -132,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     workdir_path = epath.Path(workdir)
     is_main = jax.process_index() == 0
     validate.check_config(config)
+    preemption = PreemptionWatcher()
     mesh = sharding.create_mesh(config.mesh)
     rules = tuple(config.mesh.logical_axis_rules)
     validate.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
@@ -193,7 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
 
     writer = MetricsWriter(workdir_path, enabled=is_main)
     progress = ProgressLine(config.num_train_steps, enabled=is_main)
-    preemption = PreemptionWatcher(start_step)
+    preemption.start(start_step)
     config_json = config.to_dict()
     tokens_per_step = config.global_batch_size * config.data.max_seq_length
     flops_per_token = flops.config_train_flops(config, tokenizer.vocab_size).per_token
@@ -237,6 +246,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         train_rows,
         config.prefetch_batches,
     )
+    if preemption.requested_before_start():
+        status(f"SIGTERM before the first step: nothing new to save (step {start_step}); exiting.")
+        checkpointer.close()
+        writer.close()
+        return
     if start_step < config.num_train_steps:
         # Compile ahead of time: step timings exclude compilation, and a later batch with another
         # shape or sharding is an error instead of a silent recompile.
@@ -262,6 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
                     last_time, last_step = now, step
                 writer.write(step, row)
                 progress.show(step, row)
+            side_work_start = time.time()  # Eval and saves are not train-step throughput.
             if eval_loader is not None and (
                 (config.eval_every_steps and step % config.eval_every_steps == 0)
                 or step == config.num_train_steps
@@ -286,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
                 save(step, state, force=stop)  # One save per step: orbax refuses a second one.
             if stop:
                 break
+            last_time += time.time() - side_work_start
     finally:
         # Commit the save in flight on every exit, errors and Ctrl-C included: orbax's threads
         # must finish before the interpreter exits, or the newest checkpoint is left half-written.

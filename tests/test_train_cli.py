@@ -90,3 +90,31 @@ def test_user_mistakes_end_in_one_line(tmp_path, override, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_during_data_preparation_exits_0_without_training(tmp_path):
+    """The handler is installed before the slow setup, so an early SIGTERM is honoured too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_utils import REPO, cli_env
+
+    flags = tiny_overrides(tmp_path / "d") if (tmp_path / "d").mkdir() is None else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pretrain.train", "--config=configs/smoke.py",
+         f"--workdir={tmp_path / 'w'}", *flags],
+        cwd=REPO, env=cli_env(1), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not (tmp_path / "w" / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.05)  # config.json is written right after the handler is installed.
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "SIGTERM before the first step" in stderr
+    assert (
+        not (tmp_path / "w" / "metrics.jsonl").exists()
+        or "loss" not in (tmp_path / "w" / "metrics.jsonl").read_text()
+    )
