@@ -23,8 +23,8 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
+from data_pipeline import pretokenize, wordpiece
 from data_pipeline import tokenizer as tokenizer_lib
-from data_pipeline import wordpiece
 from pretrain.checkpoint import Checkpointer
 from pretrain.metrics import status
 
@@ -98,13 +98,19 @@ def prepare_tokenizer(
     if jax.process_index() == 0 and not tokenizer_file(workdir).exists():
         local.mkdir(parents=True, exist_ok=True)
         target = tokenizer_path(local)
-        if data_config.tokenizer_model:
+        tokenizer_model = data_config.tokenizer_model
+        if not tokenizer_model and pretokenize.is_pretokenized(data_config.train_files):
+            # Pretokenized shards fix the ids: use the tokenizer they were made with.
+            tokenizer_model = str(
+                epath.Path(data_config.train_files.strip()) / pretokenize.TOKENIZER_FILE
+            )
+        if tokenizer_model:
             # Validate before copying.
-            source = tokenizer_lib.load_tokenizer(data_config.tokenizer_model)
+            source = tokenizer_lib.load_tokenizer(tokenizer_model)
             if isinstance(source, wordpiece.WordPieceTokenizer):
                 source.save(str(local))
             else:
-                epath.Path(data_config.tokenizer_model).copy(target, overwrite=True)
+                epath.Path(tokenizer_model).copy(target, overwrite=True)
         else:
             status(f"Training a {data_config.vocab_size}-piece tokenizer into {workdir}.")
             prefix = str(target)[: -len(".model")]
