@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from pretrain import sharding
+from pretrain import sharding, steps
 from pretrain.model import BertConfig, BertForSequenceClassification
 from pretrain.steps import TrainState
 
@@ -131,44 +131,11 @@ def train_step(
         return terms["loss_sum"] / total, terms
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, terms), grads = grad_fn(state.params, batch, step_key)
-    else:
-        # Strided microbatches (rows i, i+k, ...) keep every device's rows in each of them.
-        k = grad_accum_steps
-        micro = jax.tree.map(
-            lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch
-        )
-
-        def accumulate(acc, xs):
-            i, mb = xs
-            return jax.tree.map(
-                jnp.add, acc, grad_fn(state.params, mb, jax.random.fold_in(step_key, i))
-            ), None
-
-        first = jax.tree.map(lambda x: x[0], micro)
-        zeros = jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(grad_fn, state.params, first, step_key),
-        )
-        ((_, terms), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
-
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    loss = terms["loss_sum"] / total
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step keeps the old parameters and moments; the host enforces max_bad_steps.
-    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep_new(params, state.params),
-        opt_state=keep_new(opt_state, state.opt_state),
-        bad_steps=state.bad_steps + jnp.where(finite, 0, 1),
-        first_bad_step=jnp.where(
-            finite | (state.first_bad_step >= 0), state.first_bad_step, state.step
-        ),
+    terms, grads = steps.accumulate_gradients(
+        grad_fn, state.params, batch, grad_accum_steps, step_key
     )
+    loss = terms["loss_sum"] / total
+    new_state, grad_norm = steps.apply_finite_update(state, grads, loss, tx)
     metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm}
     if not regression:
         metrics["accuracy"] = terms["correct"] / total

@@ -76,6 +76,55 @@ def _split_microbatches(batch: dict, k: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def accumulate_gradients(
+    grad_fn: Any, params: nnx.State, batch: dict, grad_accum_steps: int, key: jax.Array
+) -> tuple[Any, Any]:
+    """(summed aux terms, summed gradients) of `grad_fn` over strided microbatches.
+
+    `grad_fn(params, microbatch, key) -> ((loss, terms), grads)`, its loss already divided by
+    the whole batch's weight, so the sums are exactly the big-batch values. Microbatch i gets
+    dropout key `fold_in(key, i)`.
+    """
+    if grad_accum_steps == 1:
+        (_, terms), grads = grad_fn(params, batch, key)
+        return terms, grads
+    micro = _split_microbatches(batch, grad_accum_steps)
+
+    def accumulate(acc, xs):
+        i, mb = xs
+        return jax.tree.map(jnp.add, acc, grad_fn(params, mb, jax.random.fold_in(key, i))), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    out_shapes = jax.eval_shape(grad_fn, params, first, key)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
+    ((_, terms), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
+    return terms, grads
+
+
+def apply_finite_update(
+    state: TrainState, grads: Any, loss: jax.Array, tx: optax.GradientTransformation
+) -> tuple[TrainState, jax.Array]:
+    """The optimizer update, or, for a non-finite loss or gradient, the old state counted as bad.
+
+    The host decides whether to stop (config.max_bad_steps) when it next reads the counters.
+    """
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep_new(params, state.params),
+        opt_state=keep_new(opt_state, state.opt_state),
+        bad_steps=state.bad_steps + jnp.where(finite, 0, 1),
+        first_bad_step=jnp.where(
+            finite | (state.first_bad_step >= 0), state.first_bad_step, state.step
+        ),
+    )
+    return new_state, grad_norm
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -101,41 +150,9 @@ def train_step(
         return loss, terms
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if grad_accum_steps == 1:
-        (_, terms), grads = grad_fn(state.params, batch, step_key)
-    else:
-        micro = _split_microbatches(batch, grad_accum_steps)
-
-        def accumulate(acc, xs):
-            i, mb = xs
-            out = grad_fn(state.params, mb, jax.random.fold_in(step_key, i))
-            return jax.tree.map(jnp.add, acc, out), None
-
-        first = jax.tree.map(lambda x: x[0], micro)
-        out_shapes = jax.eval_shape(grad_fn, state.params, first, step_key)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shapes)
-        ((_, terms), grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
-        )
-
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
+    terms, grads = accumulate_gradients(grad_fn, state.params, batch, grad_accum_steps, step_key)
     loss = terms["mlm_loss_sum"] / mlm_total + terms["nsp_loss_sum"] / nsp_total
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    # A non-finite step keeps the old parameters and optimizer state; the host decides whether
-    # to stop (config.max_bad_steps) when it next reads the metrics.
-    keep_new = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep_new(params, state.params),
-        opt_state=keep_new(opt_state, state.opt_state),
-        bad_steps=state.bad_steps + jnp.where(finite, 0, 1),
-        first_bad_step=jnp.where(
-            finite | (state.first_bad_step >= 0), state.first_bad_step, state.step
-        ),
-    )
+    new_state, grad_norm = apply_finite_update(state, grads, loss, tx)
     metrics = {
         "loss": loss,
         "mlm_loss": terms["mlm_loss_sum"] / mlm_total,
