@@ -41,8 +41,8 @@ def _sentences(
 ) -> Iterator[str]:
     """Streams sentences from every input, printing progress to stderr every few MB.
 
-    sentencepiece turns an exception raised inside its iterator into a RuntimeError holding a
-    traceback, so errors are handed back through `errors` and re-raised by the caller.
+    An input error ends the stream and is handed back through `errors` for the caller to raise
+    (the stream is consumed inside a sampler that should not have to know about it).
     """
     read_bytes, lines, next_report = 0, 0, progress_every_mb
     try:
@@ -60,6 +60,32 @@ def _sentences(
         errors.append(e)
         return
     print(f"tokenizer: read {read_bytes / 2**20:.1f} MB, {lines} lines in all", file=sys.stderr)
+
+
+def _sample(items: Iterable[str], k: int, seed: int) -> list[str]:
+    """A uniform random sample of at most `k` items, the same for the same (items, seed).
+
+    Reservoir sampling with geometric skips (Li's "Algorithm L"): O(k log(n/k)) random draws,
+    so a corpus of billions of sentences costs little more than reading it. sentencepiece's own
+    sampler ignores its seed, which would give every host a different tokenizer.
+    """
+    rng = np.random.default_rng(seed)
+    it = iter(items)
+    reservoir = [x for _, x in zip(range(k), it, strict=False)]
+    if len(reservoir) < k:
+        return reservoir
+    draw = lambda: 1.0 - rng.random()  # In (0, 1]: its log is finite.
+    w = np.exp(np.log(draw()) / k)
+    while True:
+        skip = int(np.log(draw()) / np.log1p(-w)) if w < 1.0 else 0
+        for _ in range(skip):
+            if next(it, None) is None:
+                return reservoir
+        item = next(it, None)
+        if item is None:
+            return reservoir
+        reservoir[rng.integers(k)] = item
+        w *= np.exp(np.log(draw()) / k)
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -85,6 +111,7 @@ def train_tokenizer(
     text_feature: str = "text",
     progress_every_mb: float = 64.0,
     num_threads: int | None = None,
+    seed: int = 0,
 ) -> str:
     """Trains a unigram sentencepiece model on the inputs; returns the path of PREFIX.model.
 
@@ -100,6 +127,8 @@ def train_tokenizer(
       text_feature: the text field of a TFDS source.
       progress_every_mb: a progress line goes to stderr every this many MB read.
       num_threads: trainer threads (default: all CPUs).
+      seed: seeds the trainer's sentence sampling, so the same inputs give the same model on
+        every run and every host.
     """
     if vocab_size <= len(SPECIAL_PIECES):
         raise ValueError(f"vocab_size={vocab_size} is too small: it must exceed the 5 specials")
@@ -111,15 +140,18 @@ def train_tokenizer(
         if not documents.is_tfds_spec(spec):
             documents.resolve_files(spec)
     model, errors = io.BytesIO(), []
+    sentences = _sentences(input_globs, text_feature, progress_every_mb, errors)
+    sample = _sample(sentences, input_sentence_size, seed)
+    if errors:
+        raise errors[0]
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(input_globs, text_feature, progress_every_mb, errors),
+            sentence_iterator=iter(sample),
             model_writer=model,
             model_type="unigram",
             vocab_size=vocab_size,
             character_coverage=character_coverage,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,  # The sample above is the whole input.
             max_sentence_length=16384,  # Bytes; BERT-format lines can be long paragraphs.
             normalization_rule_name=_LOWER_CASE_RULE if lower_case else _CASED_RULE,
             pad_id=PAD_ID,
@@ -134,8 +166,6 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        if errors:
-            raise errors[0] from None
         message = str(e)
         if (limit := re.search(r"value <= (\d+)", message)) is not None:
             raise ValueError(
@@ -148,8 +178,6 @@ def train_tokenizer(
                 f"least {need.group(1)} pieces; raise --vocab_size or lower --character_coverage"
             ) from e
         raise ValueError(f"sentencepiece training failed: {message}") from e
-    if errors:
-        raise errors[0]
 
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     model_path = output_prefix + ".model"
@@ -248,6 +276,7 @@ def _define_flags() -> None:
     flags.DEFINE_bool("lower_case", True, "Fold case inside the model (uncased BERT).")
     flags.DEFINE_integer("input_sentence_size", 5_000_000, "Sentences sampled for training.")
     flags.DEFINE_float("character_coverage", 0.9995, "Fraction of characters pieces cover.")
+    flags.DEFINE_integer("seed", 0, "Seeds the trainer's sentence sampling.")
     flags.mark_flags_as_required(["input", "vocab_size", "output_prefix"])
 
 
@@ -264,6 +293,7 @@ def main(argv: Sequence[str]) -> None:
             cli.lower_case,
             character_coverage=cli.character_coverage,
             input_sentence_size=cli.input_sentence_size,
+            seed=cli.seed,
         )
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None

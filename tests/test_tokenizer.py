@@ -125,3 +125,30 @@ def test_cli_bad_input_exits_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: no file matches '{tmp_path}/nothing*.txt': check the path or glob"
     ]
+
+
+def test_sentence_sample_is_uniform_and_seeded():
+    counts = np.zeros(50)
+    for seed in range(2000):
+        sample = tok_lib._sample(map(str, range(50)), 5, seed)
+        assert len(set(sample)) == 5
+        counts[[int(x) for x in sample]] += 1
+    # Each item is kept with probability 5/50: 200 of 2000 draws, binomial sd ~13.4.
+    assert np.all(np.abs(counts - 200) < 60), counts
+    assert tok_lib._sample(map(str, range(50)), 5, 7) == tok_lib._sample(map(str, range(50)), 5, 7)
+    assert tok_lib._sample(["a", "b"], 5, 0) == ["a", "b"]
+
+
+def test_sampled_training_gives_the_same_model_in_every_process(tmp_path):
+    # sentencepiece's own sampler draws a fresh seed per process; every host of a multi-host
+    # run trains its own tokenizer from the same files and must get the same one.
+    script = (
+        "import sys; from data_pipeline import tokenizer as t; "
+        "t.train_tokenizer(['data/sample/train.txt'], 300, sys.argv[1], input_sentence_size=2000)"
+    )
+    models = []
+    for i in range(2):
+        prefix = str(tmp_path / f"sp{i}")
+        subprocess.run([sys.executable, "-c", script, prefix], check=True, capture_output=True)
+        models.append((tmp_path / f"sp{i}.model").read_bytes())
+    assert models[0] == models[1]
