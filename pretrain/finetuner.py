@@ -16,7 +16,6 @@ by id), `best/<step>/` (the checkpoint with the best `config.best_metric`), and
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +31,7 @@ from etils import epath
 from flax import nnx
 
 from data_pipeline import classification
-from pretrain import classification_metrics, sharding, trainer, validate
+from pretrain import classification_metrics, sharding, steps, trainer, validate
 from pretrain.checkpoint import Checkpointer, CheckpointError
 from pretrain.finetune_steps import FinetuneSteps, build_model, build_steps
 from pretrain.metrics import MetricsWriter, ProgressLine, status
@@ -399,13 +398,8 @@ def _train(
     )
     train_step = jitted.train_step
     if start_step < config.num_train_steps:
-        # Compiled ahead of time: step timings exclude compilation, and a batch of another shape
-        # is an error instead of a silent recompile.
-        compile_start = time.time()
-        first = next(batches)
-        train_step = train_step.lower(state, first).compile()
-        batches = itertools.chain([first], batches)
-        status(f"Compiled the train step in {time.time() - compile_start:.1f}s.")
+        train_step, batches, seconds = steps.compile_ahead(train_step, state, batches)
+        status(f"Compiled the train step in {seconds:.1f}s.")
     eval_row, outputs = {}, None
     progress.start(start_step)
     last_time, last_step = time.time(), start_step

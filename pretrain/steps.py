@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -200,6 +203,18 @@ class JittedSteps:
             self.abstract_state,
             self.state_shardings,
         )
+
+
+def compile_ahead(train_step: Any, state: Any, batches: Iterator) -> tuple[Any, Iterator, float]:
+    """(compiled step, the same batches, compile seconds), compiled on the first batch.
+
+    Compiling ahead of time keeps compilation out of step timings, and makes a later batch of
+    another shape or sharding an error instead of a silent recompile.
+    """
+    start = time.time()
+    first = next(batches)
+    compiled = train_step.lower(state, first).compile()
+    return compiled, itertools.chain([first], batches), time.time() - start
 
 
 def build_steps(

@@ -10,7 +10,6 @@ batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import functools
-import itertools
 import queue
 import signal
 import threading
@@ -252,13 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         writer.close()
         return
     if start_step < config.num_train_steps:
-        # Compile ahead of time: step timings exclude compilation, and a later batch with another
-        # shape or sharding is an error instead of a silent recompile.
-        compile_start = time.time()
-        first = next(batches)
-        train_step = train_step.lower(state, first).compile()
-        batches = itertools.chain([first], batches)
-        status(f"Compiled the train step in {time.time() - compile_start:.1f}s.")
+        train_step, batches, seconds = steps.compile_ahead(train_step, state, batches)
+        status(f"Compiled the train step in {seconds:.1f}s.")
     progress.start(start_step)
     last_time, last_step = time.time(), start_step
     try:
