@@ -6,18 +6,21 @@ Orbax writes each step into a temporary folder (`<step>.orbax-checkpoint-tmp`) a
 when complete, so a run killed mid-save leaves no folder that `all_steps()` would pick; saving
 that step again replaces the leftover. A complete checkpoint that no longer reads (truncated or
 garbled files) is skipped and, once an older one restores, renamed to `<step>.corrupt-<time>`:
-kept for inspection, out of the way of the step this run will save again.
+kept for inspection, out of the way of the step this run will save again. On several processes
+a step counts as readable only if it restores on every one of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -95,13 +98,16 @@ class Checkpointer:
         return ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
 
     def restore(self, step: int, abstract_state: Any) -> Any:
-        """Restores `step` into the shapes, dtypes and shardings of `abstract_state`."""
+        """Restores `step` into the shapes, dtypes and shardings of `abstract_state`.
+
+        Each process reads its own shards through the item's handler, without the manager's
+        closing barrier: a process whose read fails must not leave the others waiting there
+        (`restore_latest` then has every process agree on the outcome).
+        """
         check_shapes(self._saved_state_metadata(step), abstract_state, step)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)),
+        return ocp.StandardCheckpointHandler().restore(
+            self.directory / str(step) / "state", args=ocp.args.StandardRestore(abstract_state)
         )
-        return restored["state"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Restores only the `params` of the train state saved at `step`, into the shapes, dtypes
@@ -131,12 +137,19 @@ class Checkpointer:
         """
         broken: list[tuple[int, str]] = []
         for step in reversed(self.all_steps()):
+            state, failure = None, ""
             try:
                 state = self.restore(step, abstract_state)
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "try the previous one"
-                broken.append((step, _reason(e)))
+                failure = _reason(e)
+                _silence_abandoned_reads()
+            # Every process reads its own shards: all must agree to use a step, or they would
+            # resume from different steps (and then wait forever in different collectives).
+            failed = _processes_where(bool(failure))
+            if failed:
+                broken.append((step, failure or f"unreadable on process {failed}"))
                 continue
             for bad_step, reason in broken:
                 moved = self._set_aside(bad_step)
@@ -213,6 +226,33 @@ def check_shapes(saved_metadata: Any, abstract_state: Any, step: int) -> None:
                 f"{saved_by_name[name]} in the checkpoint but {shape} in the config; "
                 f"use the model config the checkpoint was trained with, or a new --workdir."
             )
+
+
+def _silence_abandoned_reads() -> None:
+    """Keeps the reads a failed restore abandoned from printing tracebacks when collected.
+
+    When one array fails to read, orbax leaves the coroutines reading the others unfinished;
+    Python reports each one's exception ("Exception ignored in ...") whenever it is collected,
+    often at exit, after the one-line error a user should see last.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "silences_abandoned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if "_read_array_index" not in repr(unraisable.object):
+            previous(unraisable)
+
+    hook.silences_abandoned_reads = True
+    sys.unraisablehook = hook
+
+
+def _processes_where(flag: bool) -> list[int]:
+    """The indices of the processes where `flag` is true (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+        return [0] if flag else []
+    flags = multihost_utils.process_allgather(np.array([flag]))
+    return [int(i) for i in np.flatnonzero(np.asarray(flags).reshape(-1))]
 
 
 def _reason(error: BaseException) -> str:

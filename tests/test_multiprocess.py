@@ -68,12 +68,18 @@ def data_flags(pipeline_corpus, pipeline_tokenizer) -> tuple[str, ...]:
 
 
 def start_training(
-    run_dir: Path, flags: tuple[str, ...], *, devices: int, processes: int, log_dir: Path
+    run_dir: Path,
+    flags: tuple[str, ...],
+    *,
+    devices: int,
+    processes: int,
+    log_dir: Path,
+    python: str = sys.executable,
 ) -> subprocess.Popen:
     """Starts `pretrain.train` as `processes` processes with `devices` CPU devices each.
 
-    One process runs the CLI directly (no jax.distributed); several go through launch/local.sh.
-    Process I writes its output to log_dir/process_I.log.
+    One process runs the CLI directly (no jax.distributed); several go through launch/local.sh,
+    with `python` as its $PYTHON. Process I writes its output to log_dir/process_I.log.
     """
     env = cli_env(devices)
     args = (*TINY_FLAGS, f"--workdir={run_dir}", *flags)
@@ -88,7 +94,7 @@ def start_training(
                 stderr=subprocess.STDOUT,
             )
     del env["XLA_FLAGS"]  # local.sh sets the device count of each process.
-    env.update(LOCAL_DEVICES=str(devices), LOG_DIR=str(log_dir), PYTHON=sys.executable)
+    env.update(LOCAL_DEVICES=str(devices), LOG_DIR=str(log_dir), PYTHON=python)
     return subprocess.Popen(
         ["bash", str(LAUNCH / "local.sh"), str(processes), *args], cwd=REPO, env=env
     )
@@ -109,13 +115,20 @@ def finish(proc: subprocess.Popen, log_dir: Path) -> None:
         pytest.fail(f"training exited with {code}:\n{tails}")
 
 
-def train(run_dir: Path, flags: tuple[str, ...], *, devices: int, processes: int = 1) -> Path:
+def train(
+    run_dir: Path,
+    flags: tuple[str, ...],
+    *,
+    devices: int,
+    processes: int = 1,
+    python: str = sys.executable,
+) -> Path:
     """Runs training to completion (exit 0 required); returns the folder of its logs."""
     log_dir = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-logs-", dir=run_dir.parent))
-    finish(
-        start_training(run_dir, flags, devices=devices, processes=processes, log_dir=log_dir),
-        log_dir,
+    proc = start_training(
+        run_dir, flags, devices=devices, processes=processes, log_dir=log_dir, python=python
     )
+    finish(proc, log_dir)
     return log_dir
 
 

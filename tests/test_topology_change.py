@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -92,6 +93,65 @@ def _preempt(
     assert (run / "checkpoints" / str(step)).is_dir()
     assert max(losses(run)) == step  # It stopped there.
     return run, saved
+
+
+def _restore_fails_on_one_process_main() -> None:
+    """`python -m pretrain.train ...` whose process $FAIL_PROCESS cannot read step $FAIL_STEP.
+
+    A host with a flaky mount or a stale cache: the other processes read that step fine.
+    """
+    import runpy
+
+    import jax
+
+    from pretrain import checkpoint
+
+    restore = checkpoint.Checkpointer.restore
+    process, step = int(os.environ["FAIL_PROCESS"]), int(os.environ["FAIL_STEP"])
+
+    def failing_restore(self, at_step, abstract_state):
+        if at_step == step and jax.process_index() == process:
+            raise OSError(f"injected read failure of step {at_step} on this host")
+        return restore(self, at_step, abstract_state)
+
+    checkpoint.Checkpointer.restore = failing_restore
+    sys.argv[1:3] = []  # local.sh's `-m pretrain.train`.
+    runpy.run_module("pretrain.train", run_name="__main__", alter_sys=True)
+
+
+def test_a_step_unreadable_on_one_process_is_skipped_by_all(
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+):
+    # The finished run: checkpoints 12 and 24, rows up to 12 (13-24 will be written again).
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    kept = [row for row in metric_rows(run) if row["step"] <= SAVE_EVERY]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\n"
+        f'[ "$1" = -m ] || exec {sys.executable} "$@"\n'
+        f'exec {sys.executable} -c "from tests.test_topology_change import '
+        '_restore_fails_on_one_process_main as m; m()" "$@"\n'
+    )
+    python.chmod(0o755)
+    os.environ.update(FAIL_PROCESS="1", FAIL_STEP=str(STEPS))
+    try:
+        logs = train(
+            run, _flags(pipeline_corpus, pipeline_tokenizer), devices=2, processes=2,
+            python=str(python),
+        )  # fmt: skip
+    finally:
+        del os.environ["FAIL_PROCESS"], os.environ["FAIL_STEP"]
+
+    # Both processes went back to step 12 together and trained 13-24 as the uninterrupted run.
+    log0 = (logs / "process_0.log").read_text()
+    assert f"checkpoints/{STEPS} is unreadable (unreadable on process [1])" in log0, log0[-3000:]
+    assert len(list((run / "checkpoints").glob(f"{STEPS}.corrupt-*"))) == 1
+    assert (run / "checkpoints" / str(STEPS)).is_dir()
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    assert max_loss_diff(resumed, losses(uninterrupted)) < LOSS_TOLERANCE
 
 
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes(
