@@ -136,7 +136,11 @@ def train_step(
     )
     loss = terms["loss_sum"] / total
     new_state, grad_norm = steps.apply_finite_update(state, grads, loss, tx)
-    metrics = {"loss": loss, "learning_rate": schedule(state.step), "grad_norm": grad_norm}
+    metrics = {
+        "loss": loss,
+        "learning_rate": steps.applied_learning_rate(state, schedule),
+        "grad_norm": grad_norm,
+    }
     if not regression:
         metrics["accuracy"] = terms["correct"] / total
     return new_state, metrics

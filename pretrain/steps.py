@@ -128,6 +128,12 @@ def apply_finite_update(
     return new_state, grad_norm
 
 
+def applied_learning_rate(state: TrainState, schedule: optax.Schedule) -> jax.Array:
+    """The rate this step's update uses: the optimizer counts applied updates only, so each
+    skipped non-finite step holds the schedule back by one."""
+    return schedule(state.step - state.bad_steps)
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -162,7 +168,7 @@ def train_step(
         "nsp_loss": terms["nsp_loss_sum"] / nsp_total,
         "mlm_accuracy": terms["mlm_correct"] / mlm_total,
         "nsp_accuracy": terms["nsp_correct"] / nsp_total,
-        "learning_rate": schedule(state.step),
+        "learning_rate": applied_learning_rate(state, schedule),
         "grad_norm": grad_norm,
     }
     return new_state, metrics

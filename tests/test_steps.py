@@ -130,3 +130,31 @@ def test_parameters_are_sharded_as_the_rules_say():
     assert any(
         getattr(x, "sharding", None) is not None and "fsdp" in str(x.sharding.spec) for x in mu
     )
+
+
+def test_a_skipped_step_leaves_no_trace_and_holds_the_schedule_back():
+    """[b0, NaN batch, b2] ends exactly where [b0, b2] does, and logs the rate it applied."""
+    one = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+    mesh = sharding.create_mesh(one, jax.devices()[:1])
+    tx, schedule = _optimizer()  # Warmup 2 steps, then linear decay: every step's rate differs.
+    jitted = build_steps(
+        TINY, tx, schedule, mesh, RULES, grad_accum_steps=1, seed=0, deterministic=True
+    )
+    rows = sharding.process_rows(mesh, RULES, 16)
+    nan_batch = synthetic_batch(1)
+    nan_batch["masked_lm_weights"] = nan_batch["masked_lm_weights"] * np.nan
+
+    def run(batches):
+        state, rates = jitted.init(), []
+        for batch in batches:
+            batch = sharding.host_to_global(batch, mesh, RULES, rows, 16)
+            state, metrics = jitted.train_step(state, batch)
+            rates.append(float(metrics["learning_rate"]))
+        return jax.device_get(state), rates
+
+    skipped, skipped_rates = run([synthetic_batch(0), nan_batch, synthetic_batch(2)])
+    clean, clean_rates = run([synthetic_batch(0), synthetic_batch(2)])
+    assert int(skipped.bad_steps) == 1 and int(skipped.first_bad_step) == 1
+    assert _max_param_diff(skipped.params, clean.params) == 0.0
+    assert skipped_rates[2] == clean_rates[1] == pytest.approx(float(schedule(1)))
+    assert float(schedule(1)) != pytest.approx(float(schedule(2)))
