@@ -1,6 +1,6 @@
 """Times the pretraining step and the input pipeline separately; `pretrain/benchmark.py` is its CLI.
 
-* Train step: the jitted, sharded step of `steps.build_steps` (the trainer's own), compiled ahead
+* Train step: the trainer's own jitted, sharded step (`trainer.build_train_steps`), compiled ahead
   of time (compile time reported apart), run on one synthetic batch already on the devices, so
   neither the host nor the data pipeline is in the measurement. Warm-up steps are excluded; each
   timed step is waited for and the median is reported.
@@ -27,9 +27,7 @@ from etils import epath
 
 from data_pipeline import documents
 from data_pipeline import loader as data_loader
-from pretrain import flops, sharding, steps, validate
-from pretrain.model import BertConfig
-from pretrain.optimizer import make_optimizer
+from pretrain import flops, sharding, steps, trainer, validate
 from pretrain.workdir import data_cache_dir, prepare_tokenizer
 
 
@@ -102,7 +100,7 @@ class StepRunner:
 def prepare_train_step(
     config: ml_collections.ConfigDict, host_batch: dict[str, np.ndarray] | None = None
 ) -> StepRunner:
-    """Builds the trainer's jitted step (`steps.build_steps`), its state and a batch on devices.
+    """The trainer's jitted step (`trainer.build_train_steps`), its state and a batch on devices.
 
     `host_batch` is the global batch as numpy (default: `synthetic_batch` from the config).
     """
@@ -110,17 +108,7 @@ def prepare_train_step(
     rules = tuple(config.mesh.logical_axis_rules)
     validate.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
     vocab_size = config.data.vocab_size
-    model_config = BertConfig.from_config(config.model, vocab_size=vocab_size, dtype=config.dtype)
-    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
-    jitted = steps.build_steps(
-        model_config,
-        tx,
-        schedule,
-        mesh,
-        rules,
-        grad_accum_steps=config.grad_accum_steps,
-        seed=config.seed,
-    )
+    jitted = trainer.build_train_steps(config, vocab_size, mesh)
     state = jitted.init()
     b, s = config.global_batch_size, config.data.max_seq_length
     if host_batch is None:

@@ -134,6 +134,23 @@ def evaluate(
     return steps.eval_metrics(jax.device_get(totals))
 
 
+def build_train_steps(
+    config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh
+) -> steps.JittedSteps:
+    """The jitted, sharded pretraining steps of `config` (what the loop and the benchmark run)."""
+    model_config = BertConfig.from_config(config.model, vocab_size=vocab_size, dtype=config.dtype)
+    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
+    return steps.build_steps(
+        model_config,
+        tx,
+        schedule,
+        mesh,
+        tuple(config.mesh.logical_axis_rules),
+        grad_accum_steps=config.grad_accum_steps,
+        seed=config.seed,
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Pretrains BERT as `config` says; resumes from `workdir/checkpoints` when possible."""
     workdir_path = epath.Path(workdir)
@@ -156,20 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
         eval_batch_size=config.eval_batch_size,
         cache_dir=data_cache_dir(workdir_path),
     )
-    model_config = BertConfig.from_config(
-        config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
-    )
-    tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
-
-    jitted = steps.build_steps(
-        model_config,
-        tx,
-        schedule,
-        mesh,
-        rules,
-        grad_accum_steps=config.grad_accum_steps,
-        seed=config.seed,
-    )
+    jitted = build_train_steps(config, tokenizer.vocab_size, mesh)
     checkpointer = Checkpointer(
         workdir_path / "checkpoints", keep=config.keep_checkpoints, cleanup_tmp=True
     )

@@ -120,7 +120,7 @@ def _restore_fails_on_one_process_main() -> None:
 
 
 def test_a_step_unreadable_on_one_process_is_skipped_by_all(
-    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer
+    uninterrupted, tmp_path, pipeline_corpus, pipeline_tokenizer, monkeypatch
 ):
     # The finished run: checkpoints 12 and 24, rows up to 12 (13-24 will be written again).
     run = tmp_path / "run"
@@ -135,14 +135,10 @@ def test_a_step_unreadable_on_one_process_is_skipped_by_all(
         '_restore_fails_on_one_process_main as m; m()" "$@"\n'
     )
     python.chmod(0o755)
-    os.environ.update(FAIL_PROCESS="1", FAIL_STEP=str(STEPS))
-    try:
-        logs = train(
-            run, _flags(pipeline_corpus, pipeline_tokenizer), devices=2, processes=2,
-            python=str(python),
-        )  # fmt: skip
-    finally:
-        del os.environ["FAIL_PROCESS"], os.environ["FAIL_STEP"]
+    monkeypatch.setenv("FAIL_PROCESS", "1")
+    monkeypatch.setenv("FAIL_STEP", str(STEPS))
+    flags = _flags(pipeline_corpus, pipeline_tokenizer)
+    logs = train(run, flags, devices=2, processes=2, python=str(python))
 
     # Both processes went back to step 12 together and trained 13-24 as the uninterrupted run.
     log0 = (logs / "process_0.log").read_text()
