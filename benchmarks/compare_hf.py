@@ -5,7 +5,7 @@ Peers (installed only for this script, never project dependencies; see benchmark
          CPU threads; run with this project's interpreter (transformers 5 + torch).
   flax   transformers 4.x `FlaxBertForPreTraining`, one jitted train step (optax AdamW +
          clipping, state donated); run with `--flax_python`, a venv with transformers<5.
-  ours   `pretrain.benchmarking.prepare_train_step`: the trainer's own jitted, sharded step.
+  ours   `pretrain.perf.timing.prepare_train_step`: the training loop's own jitted, sharded step.
 
 Every peer trains (dropout on) on the same full-length batch of random tokens with the same P
 masked positions, at float32. Each runs in its own worker process; after set-up and warm-up the
@@ -178,7 +178,7 @@ def ours_worker(args: argparse.Namespace):
     import jax
 
     from configs import default
-    from pretrain import benchmarking
+    from pretrain.perf import timing
 
     config = default.get_config()
     config.dtype = "float32"
@@ -191,7 +191,7 @@ def ours_worker(args: argparse.Namespace):
     config.model.num_attention_heads = args.heads
     config.model.intermediate_size = args.intermediate
     config.model.attention_impl = args.attention_impl
-    runner = benchmarking.prepare_train_step(config, make_batch(args))
+    runner = timing.prepare_train_step(config, make_batch(args))
     step = lambda: runner.run(1)
     return step, {"jax": jax.__version__, "compile_time_s": runner.compile_time_s}
 

@@ -35,28 +35,30 @@ def run_ours(args) -> None:
     import ml_collections
 
     from configs import default
-    from pretrain import sharding
-    from pretrain.model import BertConfig
-    from pretrain.optimizer import make_optimizer
-    from pretrain.steps import build_steps
+    from pretrain.tasks.pretraining import PretrainingTask
+    from pretrain.training import sharding
+    from pretrain.training.optimizer import make_optimizer
+    from pretrain.training.steps import build_steps
 
-    cfg = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        max_position_embeddings=max(64, args.seq_len),
-        dtype="float32",
+    config = default.get_config()
+    config.model.update(
+        dict(
+            hidden_size=HIDDEN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            intermediate_size=FFN,
+            max_position_embeddings=max(64, args.seq_len),
+        )
     )
-    opt = default.get_config().optimizer
-    opt.learning_rate, opt.warmup_steps = args.lr, 50
-    tx, schedule = make_optimizer(opt, args.decay_steps)
-    rules = tuple(default.get_config().mesh.logical_axis_rules)
+    config.dtype = "float32"
+    config.optimizer.learning_rate, config.optimizer.warmup_steps = args.lr, 50
+    tx, schedule = make_optimizer(config.optimizer, args.decay_steps)
+    rules = tuple(config.mesh.logical_axis_rules)
     mesh = sharding.create_mesh(
         ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1]
     )
-    steps = build_steps(cfg, tx, schedule, mesh, rules, grad_accum_steps=1, seed=0)
+    task = PretrainingTask(config, VOCAB)
+    steps = build_steps(task, tx, schedule, mesh, rules, grad_accum_steps=1, seed=0)
     state, rows = steps.init(), sharding.process_rows(mesh, rules, args.batch)
     b, s, p = args.batch, args.seq_len, args.preds
     for step in range(args.steps):
@@ -71,7 +73,9 @@ def run_ours(args) -> None:
             "next_sentence_labels": np.zeros(b, np.int32),
             "next_sentence_weights": np.ones(b, np.float32),  # A constant label: trivial.
         }
-        state, m = steps.train_step(state, sharding.host_to_global(batch, mesh, rules, rows, b))
+        state, m = steps.train_step(
+            state, sharding.host_to_global({k: v[rows] for k, v in batch.items()}, mesh, rules, b)
+        )
         if (step + 1) % args.log_every == 0:
             print(f"ours  step {step + 1}: mlm_loss {float(m['mlm_loss']):.3f} "
                   f"acc {float(m['mlm_accuracy']):.3f}", flush=True)  # fmt: skip

@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import default
+from pretrain.models.config import ARCHITECTURE_FIELDS, EncoderConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -58,20 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Model: the fields of configs/default.py. Architecture fields are None (placeholders): taken
     # from the init_from checkpoint, or for random init BERT-base; set them to assert or choose.
+    # Dropout, initializer (of the new head), attention_impl and remat_policy keep their values.
     c.model = default.get_config().model
     c.model.unlock()
-    for key, kind in (
-        ("num_hidden_layers", int),
-        ("hidden_size", int),
-        ("num_attention_heads", int),
-        ("intermediate_size", int),
-        ("max_position_embeddings", int),
-        ("type_vocab_size", int),
-        ("hidden_act", str),
-        ("layer_norm_eps", float),
-    ):
-        c.model[key] = config_dict.placeholder(kind)
-    # Dropout, initializer (of the new head), attention_impl and remat_policy keep their values.
+    defaults = EncoderConfig()
+    for key in ARCHITECTURE_FIELDS:
+        c.model[key] = config_dict.placeholder(type(getattr(defaults, key)))
 
     # Optimizer: the keys of configs/default.py with BERT's fine-tuning values.
     c.optimizer = default.get_config().optimizer

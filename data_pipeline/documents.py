@@ -20,6 +20,8 @@ from collections.abc import Iterator
 
 from absl import logging
 
+from data_pipeline.errors import ConfigError, DataError, MissingInputError
+
 TFDS_PREFIX = "tfds:"
 
 # Sentence end: terminal punctuation, optional closing quotes/brackets, whitespace, then something
@@ -46,7 +48,7 @@ def parse_tfds_spec(spec: str) -> tuple[str, str]:
         name, split = head, "train"
     split += bracket + slicing
     if not name or not split:
-        raise ValueError(f"bad TFDS spec {spec!r}: expected 'tfds:NAME' or 'tfds:NAME:SPLIT'")
+        raise ConfigError(f"bad TFDS spec {spec!r}: expected 'tfds:NAME' or 'tfds:NAME:SPLIT'")
     return name, split
 
 
@@ -57,18 +59,18 @@ def resolve_files(spec: str) -> list[str]:
     """
     patterns = [p.strip() for p in spec.split(",") if p.strip()]
     if not patterns:
-        raise ValueError("no input files given: pass comma-separated globs of text files")
+        raise ConfigError("no input files given: pass comma-separated globs of text files")
     files = set()
     for pattern in patterns:
         found = glob.glob(os.path.expanduser(pattern))
         matches = [m for m in found if os.path.isfile(m)]
         if not matches:
             if found and all(os.path.isdir(m) for m in found):
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"{pattern!r} is a folder, not a file: name the files in it with a glob, "
                     f"e.g. '{os.path.join(pattern, '*.txt')}'"
                 )
-            raise FileNotFoundError(f"no file matches {pattern!r}: check the path or glob")
+            raise MissingInputError(f"no file matches {pattern!r}: check the path or glob")
         files.update(matches)
     return sorted(files)
 
@@ -92,17 +94,27 @@ def split_sentences(text: str) -> list[str]:
     return [s for s in sentences if s]
 
 
+def _open_input(path: str):
+    """`open(path, 'rb')`, with a file the user cannot read reported as a MissingInputError."""
+    try:
+        return open(path, "rb")
+    except PermissionError as e:
+        raise MissingInputError(
+            f"cannot read {path!r} ({e.strerror}): fix its permissions or copy it elsewhere"
+        ) from None
+
+
 def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
     """Yields the documents of BERT-format text files, skipping lines that are not UTF-8.
 
     A file where at least half the lines are not UTF-8 is not text (an archive, a binary, another
-    encoding): ValueError naming it, rather than training on the few lines that happen to decode.
+    encoding): DataError naming it, rather than training on the few lines that happen to decode.
     """
     bad_lines, bad_files = 0, 0
     for path in paths:
         bad_in_file, good_in_file = 0, 0
         document: list[str] = []
-        with open(path, "rb") as f:
+        with _open_input(path) as f:
             for raw in f:
                 try:
                     line = raw.decode("utf-8").strip()
@@ -116,7 +128,7 @@ def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
                     yield document
                     document = []
         if bad_in_file and bad_in_file >= good_in_file:
-            raise ValueError(
+            raise DataError(
                 f"{path!r} is not UTF-8 text ({bad_in_file} of {bad_in_file + good_in_file} "
                 "lines are not valid UTF-8): pass text files with one sentence per line, or "
                 "convert it with iconv"
@@ -140,11 +152,11 @@ def _iter_tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
     try:
         source = tfds.data_source(name, split=split)
     except Exception as e:  # TFDS raises many types (missing data, bad name, no network).
-        raise ValueError(f"cannot open TFDS dataset {name!r} split {split!r}: {e}") from e
+        raise DataError(f"cannot open TFDS dataset {name!r} split {split!r}: {e}") from e
     for i in range(len(source)):
         record = source[i]
         if text_feature not in record:
-            raise ValueError(
+            raise ConfigError(
                 f"TFDS dataset {name!r} has no feature {text_feature!r} (it has "
                 f"{sorted(record)}): set data.tfds_text_feature"
             )
@@ -159,7 +171,7 @@ def _iter_tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
 def iter_documents(spec: str, *, text_feature: str = "text") -> Iterator[list[str]]:
     """Yields the documents named by `spec` (see the module docstring), in a fixed order.
 
-    Raises ValueError at the end if the source holds no text at all.
+    Raises DataError at the end if the source holds no text at all.
     """
     if is_tfds_spec(spec):
         documents = _iter_tfds_documents(spec, text_feature)
@@ -170,7 +182,7 @@ def iter_documents(spec: str, *, text_feature: str = "text") -> Iterator[list[st
         count += 1
         yield document
     if count == 0:
-        raise ValueError(f"{spec!r} holds no text: every file or record is empty")
+        raise DataError(f"{spec!r} holds no text: every file or record is empty")
 
 
 def read_documents(spec: str, *, text_feature: str = "text") -> list[list[str]]:

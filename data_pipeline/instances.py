@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from data_pipeline.errors import ConfigError, DataError
+
 # Increase when the building recipe changes, so caches keyed on it are rebuilt.
 FORMAT_VERSION = 1
 
@@ -46,17 +48,16 @@ class InstanceStore:
             bool(self.is_random_next[i]),
         )
 
-    def save(self, path: str) -> None:
-        """Writes the store to `path` (.npz). Not atomic: write to a temporary name and rename."""
-        with open(path, "wb") as f:
-            np.savez(
-                f,
-                tokens=self.tokens,
-                spans=self.spans,
-                is_random_next=self.is_random_next,
-                max_seq_length=np.int64(self.max_seq_length),
-                format_version=np.int64(FORMAT_VERSION),
-            )
+    def save(self, f) -> None:
+        """Writes the store to the binary file object `f` (.npz)."""
+        np.savez(
+            f,
+            tokens=self.tokens,
+            spans=self.spans,
+            is_random_next=self.is_random_next,
+            max_seq_length=np.int64(self.max_seq_length),
+            format_version=np.int64(FORMAT_VERSION),
+        )
 
     @classmethod
     def load(cls, path: str) -> "InstanceStore":
@@ -83,7 +84,7 @@ def tokenize_documents(
 ) -> list[list[np.ndarray]]:
     """Encodes every sentence once: documents of int32 sentence arrays, empty ones dropped.
 
-    `tokenizer` is a `data_pipeline.tokenizer.Tokenizer` (anything with `encode_batch`). Sentences
+    `tokenizer` is a `data_pipeline.vocab.Tokenizer` (anything with `encode_batch`). Sentences
     are encoded in parallel batches and packed into int32 at once, so memory stays near the size
     of the token arrays rather than of Python lists of ints.
     """
@@ -199,13 +200,13 @@ def build_instance_store(
       dupe_factor: passes over the corpus; each pass draws new split points and partners.
     """
     if max_seq_length < 5:
-        raise ValueError(f"max_seq_length={max_seq_length} leaves no room for A and B (need >= 5)")
+        raise ConfigError(f"max_seq_length={max_seq_length} leaves no room for A and B (need >= 5)")
     if dupe_factor < 1:
-        raise ValueError(f"dupe_factor={dupe_factor} must be at least 1")
+        raise ConfigError(f"dupe_factor={dupe_factor} must be at least 1")
     sentences = [[np.asarray(s, np.int32) for s in doc if len(s)] for doc in documents_ids]
     sentences = [doc for doc in sentences if doc]
     if len(sentences) < 2:
-        raise ValueError(
+        raise DataError(
             f"NSP needs at least 2 documents with text, got {len(sentences)}: add documents "
             "(separated by a blank line) to the input"
         )

@@ -1,11 +1,9 @@
 """Step -> this process's rows of the global batch, as numpy; no iterator state.
 
-Train order: global position g = step * global_batch_size + row lies in epoch g // N and is
-example `permutation(seed, epoch)[g % N]` of the instance store (N instances), with
-`permutation(seed, epoch) = np.random.default_rng([seed, PERMUTATION, epoch]).permutation(N)`. Its
-masks come from `np.random.default_rng([seed, MASKS, example, epoch])`. So a batch is a pure
-function of (seed, step, row): resume is exact, and any number of processes, each building only
-its rows (`process_rows`), together build the same global batch.
+Train order: `order.EpochOrder` maps each row of global batch `step` to an instance of the store
+and an epoch; its masks come from `np.random.default_rng([seed, MASKS, example, epoch])`. So a
+batch is a pure function of (seed, step, row): resume is exact, and any number of processes,
+each building only its rows, together build the same global batch.
 
 Eval: a fixed set (fixed seed, epoch 0 masks) read in order in batches; the last batch is padded
 with all-zero rows whose `masked_lm_weights` and `next_sentence_weights` are 0.
@@ -14,34 +12,21 @@ with all-zero rows whose `masked_lm_weights` and `next_sentence_weights` are 0.
 """
 
 import hashlib
+import io
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from absl import logging
 
-from data_pipeline import documents, instances, masking, pretokenize
+from data_pipeline import documents, files, instances, masking, pretokenize
+from data_pipeline.errors import ConfigError, DataError
+from data_pipeline.order import MASKS, EpochOrder, check_rows
 
 EVAL_SEED = 1234  # The eval set and its masks do not depend on the run's seed.
-# Stream tags: numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the epoch-0
-# permutation would draw the same stream as instance building, and masks would collide with
-# permutations of other epochs.
-PERMUTATION, MASKS = 1, 2
-
-
-def process_rows(global_batch_size: int, process_index: int, process_count: int) -> np.ndarray:
-    """The contiguous block of global batch rows that process `process_index` loads."""
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch size {global_batch_size} is not divisible by the "
-            f"{process_count} processes: pick a multiple of {process_count}"
-        )
-    per_process = global_batch_size // process_count
-    return np.arange(process_index * per_process, (process_index + 1) * per_process)
 
 
 def check_masking_args(
@@ -49,14 +34,14 @@ def check_masking_args(
 ) -> None:
     """ValueError unless the sequence and masking sizes are usable."""
     if max_seq_length < 8:
-        raise ValueError(f"max_seq_length={max_seq_length} is too short: use at least 8")
+        raise ConfigError(f"max_seq_length={max_seq_length} is too short: use at least 8")
     if not 1 <= max_predictions_per_seq <= max_seq_length - 3:
-        raise ValueError(
+        raise ConfigError(
             f"max_predictions_per_seq={max_predictions_per_seq} must be in [1, "
             f"max_seq_length - 3 = {max_seq_length - 3}] (the positions A and B can fill)"
         )
     if not 0.0 <= masked_lm_prob <= 1.0:
-        raise ValueError(f"masked_lm_prob={masked_lm_prob} must be a probability in [0, 1]")
+        raise ConfigError(f"masked_lm_prob={masked_lm_prob} must be a probability in [0, 1]")
 
 
 class _Batcher:
@@ -80,12 +65,12 @@ class _Batcher:
         if seed < 0:
             raise ValueError(f"seed={seed} must be non-negative")
         if store.max_seq_length > max_seq_length:
-            raise ValueError(
+            raise DataError(
                 f"the instance store was built for max_seq_length={store.max_seq_length}, "
                 f"longer than {max_seq_length}: rebuild it"
             )
         if len(store) == 0:
-            raise ValueError("the instance store is empty")
+            raise DataError("the instance store is empty")
         self.store = store
         self.vocab = vocab
         self.seed = seed
@@ -98,14 +83,6 @@ class _Batcher:
     @property
     def num_examples(self) -> int:
         return len(self.store)
-
-    def _rows_or_all(self, rows: np.ndarray | Sequence[int] | None) -> np.ndarray:
-        if rows is None:
-            return np.arange(self.batch_size)
-        rows = np.asarray(rows, np.int64)
-        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= self.batch_size)):
-            raise ValueError(f"rows must be a 1-D array of indices in [0, {self.batch_size})")
-        return rows
 
     def _features(
         self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray
@@ -174,29 +151,7 @@ class PretrainingLoader(_Batcher):
             whole_word_masking=whole_word_masking,
         )
         self.global_batch_size = global_batch_size
-        self._cached_permutation: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        """int64 [N]: the order of the store's examples in `epoch` (the latest one is cached)."""
-        cached_epoch, order = self._cached_permutation  # One read: safe against a racing write.
-        if cached_epoch != epoch:
-            order = np.random.default_rng([self.seed, PERMUTATION, epoch]).permutation(
-                self.num_examples
-            )
-            self._cached_permutation = (epoch, order)
-        return order
-
-    def example_indices(self, step: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(store example, epoch) of each row of global batch `step`, both int64 [len(rows)]."""
-        if step < 0:
-            raise ValueError(f"step={step} must be non-negative")
-        positions = step * self.global_batch_size + rows
-        epochs, offsets = np.divmod(positions, self.num_examples)
-        examples = np.empty_like(positions)
-        for epoch in np.unique(epochs):  # A batch spans at most a few epochs.
-            in_epoch = epochs == epoch
-            examples[in_epoch] = self.permutation(int(epoch))[offsets[in_epoch]]
-        return examples, epochs
+        self.order = EpochOrder(len(store), seed=seed, global_batch_size=global_batch_size)
 
     def batch(
         self, step: int, rows: np.ndarray | Sequence[int] | None = None
@@ -205,8 +160,8 @@ class PretrainingLoader(_Batcher):
 
         Features and dtypes are the Batch table of docs/architecture.md, with B = len(rows).
         """
-        rows = self._rows_or_all(rows)
-        examples, epochs = self.example_indices(step, rows)
+        rows = check_rows(rows, self.batch_size)
+        examples, epochs = self.order.examples(step, rows)
         return self._features(examples, epochs, np.ones(len(rows), bool))
 
 
@@ -246,7 +201,7 @@ class EvalLoader(_Batcher):
         """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
         if not 0 <= i < self.num_batches:
             raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches})")
-        rows = self._rows_or_all(rows)
+        rows = check_rows(rows, self.batch_size)
         examples = i * self.batch_size + rows
         valid = examples < self.num_examples
         return self._features(examples, np.zeros_like(examples), valid)
@@ -328,14 +283,9 @@ def load_or_build_store(
     )
     if path:
         os.makedirs(cache_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
-        os.close(fd)
-        try:
-            store.save(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        buffer = io.BytesIO()
+        store.save(buffer)
+        files.write_bytes(path, buffer.getvalue())
     return store
 
 
@@ -354,22 +304,22 @@ def build_datasets(
       data_config: `config.data` (train_files, eval_files, tfds_text_feature, max_seq_length,
         max_predictions_per_seq, masked_lm_prob, whole_word_masking, short_seq_prob,
         random_next_prob, dupe_factor).
-      tokenizer: a `data_pipeline.tokenizer.Tokenizer`.
+      tokenizer: a `data_pipeline.vocab.Tokenizer`.
       seed: the run's seed: train instances, order and masks. Eval uses `EVAL_SEED`.
       global_batch_size, eval_batch_size: sequences per global train / eval batch.
       cache_dir: where instance stores are cached across restarts (None: no cache).
     """
     c = data_config
     if not c.train_files.strip():
-        raise ValueError("data.train_files is empty: set it to text file globs or tfds:NAME")
+        raise ConfigError("data.train_files is empty: set it to text file globs or tfds:NAME")
     check_masking_args(c.max_seq_length, c.max_predictions_per_seq, c.masked_lm_prob)
     for name in ("short_seq_prob", "random_next_prob"):
         if not 0.0 <= getattr(c, name) <= 1.0:
-            raise ValueError(f"data.{name}={getattr(c, name)} must be a probability in [0, 1]")
+            raise ConfigError(f"data.{name}={getattr(c, name)} must be a probability in [0, 1]")
     if c.dupe_factor < 1:
-        raise ValueError(f"data.dupe_factor={c.dupe_factor} must be at least 1")
+        raise ConfigError(f"data.dupe_factor={c.dupe_factor} must be at least 1")
     if global_batch_size < 1 or eval_batch_size < 1:
-        raise ValueError(
+        raise ConfigError(
             f"batch sizes must be positive (global_batch_size={global_batch_size}, "
             f"eval_batch_size={eval_batch_size})"
         )

@@ -165,7 +165,7 @@ class MaskingVocab:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "MaskingVocab":
-        """From a `data_pipeline.tokenizer.Tokenizer`."""
+        """From a `data_pipeline.vocab.Tokenizer`."""
         return cls(
             vocab_size=tokenizer.vocab_size,
             cls_id=tokenizer.cls_id,

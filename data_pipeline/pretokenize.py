@@ -42,8 +42,9 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from data_pipeline import documents, instances
-from data_pipeline.tokenizer import Tokenizer
+from data_pipeline import documents, files, instances
+from data_pipeline.errors import ConfigError, DataError, MissingInputError, UserError
+from data_pipeline.vocab.unigram import SentencePieceTokenizer
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -59,17 +60,17 @@ def resolve_inputs(spec: str) -> list[str]:
     them, remote ones (`gs://...`) through epath (a glob in the last path component only)."""
     patterns = [p.strip() for p in spec.split(",") if p.strip()]
     if documents.is_tfds_spec(spec):
-        raise ValueError(f"{spec!r}: pretokenize reads text files; tfds sources are not supported")
+        raise ConfigError(f"{spec!r}: pretokenize reads text files; tfds sources are not supported")
     local = [p for p in patterns if "://" not in p]
-    files = set(documents.resolve_files(",".join(local))) if local else set()
+    found = set(documents.resolve_files(",".join(local))) if local else set()
     for pattern in patterns:
         if "://" in pattern:
             parent, _, name = pattern.rpartition("/")
             matches = [str(p) for p in epath.Path(parent).glob(name) if p.is_file()]
             if not matches:
-                raise FileNotFoundError(f"no file matches {pattern!r}: check the path or glob")
-            files.update(matches)
-    return sorted(files)
+                raise MissingInputError(f"no file matches {pattern!r}: check the path or glob")
+            found.update(matches)
+    return sorted(found)
 
 
 def _is_blank(raw: bytes) -> bool:
@@ -99,10 +100,10 @@ def chunk_bounds(path: str, size: int, chunk_bytes: int) -> list[int]:
     return bounds + [size]
 
 
-def plan_units(files: Sequence[str], chunk_bytes: int) -> list[dict]:
+def plan_units(paths: Sequence[str], chunk_bytes: int) -> list[dict]:
     """Units in document order: {'path', 'start', 'stop', 'shard'}."""
     units = []
-    for path in files:
+    for path in paths:
         size = epath.Path(path).stat().length
         bounds = chunk_bounds(path, size, chunk_bytes)
         for start, stop in zip(bounds[:-1], bounds[1:]):
@@ -141,7 +142,7 @@ class _OneThreadTokenizer:
     """The tokenizer with one encoding thread: the parallelism comes from the worker processes."""
 
     def __init__(self, model_path: str):
-        self._tokenizer = Tokenizer(model_path)
+        self._tokenizer = SentencePieceTokenizer(model_path)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return self._tokenizer.encode_batch(texts, num_threads=1)
@@ -150,13 +151,6 @@ class _OneThreadTokenizer:
 @functools.cache
 def _worker_tokenizer(model_path: str) -> _OneThreadTokenizer:
     return _OneThreadTokenizer(model_path)
-
-
-def _write_atomically(path: epath.Path, data: bytes) -> None:
-    """Readers see the whole file or none of it (a rename; on object stores, copy + delete)."""
-    tmp = path.parent / f".tmp-{path.name}-{os.getpid()}"
-    tmp.write_bytes(data)
-    tmp.rename(path)
 
 
 def process_unit(unit: dict, tokenizer_model: str, output_dir: str) -> dict:
@@ -173,7 +167,7 @@ def process_unit(unit: dict, tokenizer_model: str, output_dir: str) -> dict:
         sentence_lengths=np.array([len(s) for s in sentences], np.int32),
         document_sizes=np.array([len(doc) for doc in docs], np.int32),
     )
-    _write_atomically(epath.Path(output_dir) / unit["shard"], buffer.getvalue())
+    files.write_bytes(epath.Path(output_dir) / unit["shard"], buffer.getvalue())
     return {
         "bytes": unit["stop"] - unit["start"],
         "documents": len(docs),
@@ -224,12 +218,12 @@ def _write_manifest(out: epath.Path, manifest: dict) -> None:
         existing = json.loads(path.read_text())
         if existing != manifest:
             changed = sorted(k for k in manifest if existing.get(k) != manifest[k])
-            raise ValueError(
+            raise DataError(
                 f"{out} holds a different pretokenized build (changed: {', '.join(changed)}): "
                 "use a new --output_dir, or delete it to rebuild"
             )
         return
-    _write_atomically(path, json.dumps(manifest, indent=1).encode())
+    files.write_bytes(path, json.dumps(manifest, indent=1).encode())
 
 
 def pretokenize(
@@ -247,23 +241,23 @@ def pretokenize(
     Every process must get the same arguments except `process_index`.
     """
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+        raise ConfigError(f"process_index={process_index} must be in [0, {process_count})")
     if chunk_mb <= 0:
-        raise ValueError(f"chunk_mb={chunk_mb} must be positive")
-    tokenizer = Tokenizer(tokenizer_model)  # Validates the model before any work.
+        raise ConfigError(f"chunk_mb={chunk_mb} must be positive")
+    tokenizer = SentencePieceTokenizer(tokenizer_model)  # Validates the model before any work.
     out = epath.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = resolve_inputs(input_spec)
+    inputs = resolve_inputs(input_spec)
     manifest = {
         "format_version": FORMAT_VERSION,
         "tokenizer_fingerprint": tokenizer.fingerprint,
-        "inputs": [{"path": p, "bytes": epath.Path(p).stat().length} for p in files],
+        "inputs": [{"path": p, "bytes": epath.Path(p).stat().length} for p in inputs],
         "chunk_bytes": int(chunk_mb * 2**20),
-        "units": plan_units(files, int(chunk_mb * 2**20)),
+        "units": plan_units(inputs, int(chunk_mb * 2**20)),
     }
     _write_manifest(out, manifest)
     if not (out / TOKENIZER_FILE).exists():
-        _write_atomically(out / TOKENIZER_FILE, epath.Path(tokenizer_model).read_bytes())
+        files.write_bytes(out / TOKENIZER_FILE, epath.Path(tokenizer_model).read_bytes())
 
     mine = manifest["units"][process_index::process_count]
     existing = {p.name for p in out.glob("shard-*.npz")}
@@ -315,23 +309,23 @@ def read_documents(directory: str, tokenizer, num_threads: int = 16) -> list[lis
     out = epath.Path(directory)
     manifest = json.loads((out / MANIFEST).read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{directory} has pretokenize format {manifest.get('format_version')}")
+        raise DataError(f"{directory} has pretokenize format {manifest.get('format_version')}")
     if manifest["tokenizer_fingerprint"] != tokenizer.fingerprint:
-        raise ValueError(
+        raise DataError(
             f"{directory} was pretokenized with another tokenizer: set "
             f"data.tokenizer_model={out / TOKENIZER_FILE}"
         )
     shards = [out / u["shard"] for u in manifest["units"]]
     missing = [s.name for s in shards if not s.exists()]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{directory} is incomplete: {len(missing)} of {len(shards)} shards missing (first: "
             f"{missing[0]}); rerun data_pipeline.pretokenize with the same flags to finish it"
         )
     with futures.ThreadPoolExecutor(num_threads) as pool:  # Object stores: reads in parallel.
         docs = [doc for shard in pool.map(_read_shard, shards) for doc in shard]
     if not docs:
-        raise ValueError(f"{directory} holds no text: every input file is empty")
+        raise DataError(f"{directory} holds no text: every input file is empty")
     return docs
 
 
@@ -365,7 +359,7 @@ def main(argv: Sequence[str]) -> None:
             process_index=cli.process_index,
             process_count=cli.process_count,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(

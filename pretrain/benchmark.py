@@ -19,7 +19,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pretrain import benchmarking, cli
+from pretrain import command
+from pretrain.perf import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pretraining config file.", lock_config=True
@@ -32,20 +33,20 @@ flags.mark_flags_as_required(["config"])
 
 def _benchmark() -> None:
     if _WORKDIR.value:
-        result = benchmarking.run(_CONFIG.value, _WORKDIR.value)
+        result = timing.run(_CONFIG.value, _WORKDIR.value)
     else:
         with tempfile.TemporaryDirectory(prefix="bert_benchmark_") as tmp:
-            result = benchmarking.run(_CONFIG.value, tmp)
+            result = timing.run(_CONFIG.value, tmp)
     if jax.process_index() == 0:
         print(json.dumps(result), flush=True)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
     logging.set_verbosity(logging.WARNING)  # Keep stdout for the result line.
-    cli.initialize_distributed()
-    cli.run_user_errors_as_one_line(_benchmark)
+    command.initialize_distributed()
+    command.run_user_errors_as_one_line(_benchmark)
 
 
 if __name__ == "__main__":

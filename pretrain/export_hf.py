@@ -4,12 +4,13 @@
 
 HF_DIR then loads in PyTorch with no remote code: `BertForPreTraining.from_pretrained(HF_DIR)`,
 `AutoTokenizer.from_pretrained(HF_DIR)` (same ids as ours), `pipeline("fill-mask", model=HF_DIR)`.
-Needs the `hf` extra (safetensors, tokenizers); see pretrain/hf_interchange.py for the layout.
+Needs the `hf` extra (safetensors, tokenizers); see pretrain/hf/interchange.py for the layout.
 """
 
 from absl import app, flags, logging
 
-from pretrain import cli, hf_interchange
+from pretrain import command
+from pretrain.hf import interchange as hf_interchange
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (checkpoints + tokenizer).")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder to write the Hugging Face model into.")
@@ -27,11 +28,11 @@ def _export() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}.")
+        command.fail(f"unexpected arguments {argv[1:]}.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the summary.
-    cli.run_user_errors_as_one_line(_export)
+    command.run_user_errors_as_one_line(_export)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=command.parse_flags)

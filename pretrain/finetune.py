@@ -12,7 +12,8 @@ Resumes from the newest complete checkpoint in DIR/checkpoints; on SIGTERM saves
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pretrain import cli, finetuner
+from pretrain import command, tasks
+from pretrain.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Fine-tuning config file.", lock_config=True
@@ -25,13 +26,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
     # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    cli.initialize_distributed()
-    cli.run_user_errors_as_one_line(lambda: finetuner.finetune(_CONFIG.value, _WORKDIR.value))
+    command.initialize_distributed()
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    command.run_user_errors_as_one_line(
+        lambda: loop.train(config, workdir, tasks.finetuning_task(config.task))
+    )
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=command.parse_flags)

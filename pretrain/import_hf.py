@@ -6,12 +6,13 @@ HF_DIR: config.json, weights (model.safetensors or pytorch_model.bin, optionally
 WordPiece (vocab.txt or tokenizer.json) or sentencepiece tokenizer. NEW_DIR then continues
 pretraining (`python -m pretrain.train --config=NEW_DIR/pretrain_config.py --workdir=NEW_DIR
 --config.data.train_files=GLOB`) or initializes fine-tuning (`--config.init_from=NEW_DIR`).
-See pretrain/hf_interchange.py for what is written.
+See pretrain/hf/interchange.py for what is written.
 """
 
 from absl import app, flags, logging
 
-from pretrain import cli, hf_interchange
+from pretrain import command
+from pretrain.hf import interchange as hf_interchange
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "Local Hugging Face BERT folder.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "New (or empty) workdir to create.")
@@ -35,11 +36,11 @@ def _import() -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}.")
+        command.fail(f"unexpected arguments {argv[1:]}.")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the summary.
-    cli.run_user_errors_as_one_line(_import)
+    command.run_user_errors_as_one_line(_import)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=command.parse_flags)

@@ -10,7 +10,9 @@ Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM s
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from pretrain import cli, trainer
+from pretrain import command
+from pretrain.tasks.pretraining import PretrainingTask
+from pretrain.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pretraining config file.", lock_config=True
@@ -19,17 +21,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], task_cls: type[PretrainingTask] = PretrainingTask) -> None:
+    """The command; `task_cls` lets a test run the same command with a subclass of the task."""
     if len(argv) > 1:
-        cli.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
+        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
     # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    cli.initialize_distributed()
-    cli.run_user_errors_as_one_line(
-        lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    )
+    command.initialize_distributed()
+    command.run_user_errors_as_one_line(lambda: loop.train(_CONFIG.value, _WORKDIR.value, task_cls))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, flags_parser=command.parse_flags)

@@ -53,9 +53,9 @@ def pipeline_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pipeline_tokenizer(pipeline_corpus, tmp_path_factory):
     """A 256-piece lower-casing sentencepiece tokenizer trained on `pipeline_corpus`."""
-    from data_pipeline import tokenizer
+    from data_pipeline.vocab import unigram
 
     prefix = tmp_path_factory.mktemp("pipeline_tokenizer") / "sp"
-    return tokenizer.Tokenizer(
-        tokenizer.train_tokenizer([str(pipeline_corpus[0])], 256, str(prefix))
+    return unigram.SentencePieceTokenizer(
+        unigram.train_tokenizer([str(pipeline_corpus[0])], 256, str(prefix))
     )

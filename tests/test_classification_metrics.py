@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pretrain import classification_metrics as cm
+from pretrain.tasks import classification_metrics as cm
 
 # 10 examples, binary. Confusion (rows true, columns predicted): [[4, 1], [2, 3]]
 # TP=3 FP=1 FN=2 TN=4 for class 1.

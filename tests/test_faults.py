@@ -101,45 +101,60 @@ def _pause() -> None:
     time.sleep(600)
 
 
-def _hook_batches(transform) -> None:
-    """Routes every device batch through `transform(step, batch)` (step counted from 1)."""
-    from pretrain import trainer
+class _HookedData:
+    """The task's train data with `transform(step, batch)` applied (step counted from 1)."""
 
-    original = trainer._device_batches
+    def __init__(self, data, transform):
+        self.data, self.transform = data, transform
+        self.global_batch_size = data.global_batch_size
 
-    def batches(train_loader, start_step, *args, **kwargs):
-        stream = original(train_loader, start_step, *args, **kwargs)
-        for step, batch in enumerate(stream, start_step + 1):
-            yield transform(step, batch)
-
-    trainer._device_batches = batches
+    def batch(self, step, rows=None):
+        return self.transform(step + 1, self.data.batch(step, rows=rows))
 
 
-def _pause_before_step(arg: str) -> None:
-    """Steps 1..N-1 are dispatched, step N is not."""
+def _task_with(transform=None, on_eval=None):
+    """PretrainingTask whose train batches pass through `transform` and whose evaluations call
+    `on_eval()` before their row is written: the shipped loop and task, one seam each."""
+    from pretrain.tasks.pretraining import PretrainingTask
+
+    class Hooked(PretrainingTask):
+        @classmethod
+        def build(cls, config, workdir):
+            task = super().build(config, workdir)
+            if transform is not None:
+                task.train_data = _HookedData(task.train_data, transform)
+            return task
+
+        def eval_metrics(self, sums, outputs):
+            row = super().eval_metrics(sums, outputs)
+            if on_eval is not None:
+                on_eval()
+            return row
+
+    return Hooked
+
+
+def _pause_before_step(arg: str):
+    """Steps 1..N-1 can run, the batch of step N never arrives."""
 
     def pause_at(step, batch):
         if step == int(arg):
             _pause()
         return batch
 
-    _hook_batches(pause_at)
+    return _task_with(transform=pause_at)
 
 
-def _pause_in_eval(arg: str) -> None:
+def _pause_in_eval(arg: str):
     """The N-th evaluation of this process has run; its row is not written yet."""
-    from pretrain import trainer
+    calls = []
 
-    original, calls = trainer.evaluate, []
-
-    def evaluate(*args, **kwargs):
-        result = original(*args, **kwargs)
+    def on_eval():
         calls.append(1)
         if len(calls) == int(arg):
             _pause()
-        return result
 
-    trainer.evaluate = evaluate
+    return _task_with(on_eval=on_eval)
 
 
 def _pause_in_save(arg: str) -> None:
@@ -155,23 +170,19 @@ def _pause_in_save(arg: str) -> None:
         return await original(self, *args, **kwargs)
 
     cls.finalize = finalize
+    return _task_with()
 
 
-def _nan_at_steps(arg: str) -> None:
+def _nan_at_steps(arg: str):
     """The batches of the listed steps give a NaN loss, as corrupt data or an overflow would."""
-    import jax
-    import jax.numpy as jnp
-
     bad = {int(s) for s in arg.split(",")}
 
     def poison(step, batch):
         if step in bad:
-            weights = batch["masked_lm_weights"]
-            nan_weights = jax.device_put(weights * jnp.nan, weights.sharding)
-            batch = {**batch, "masked_lm_weights": nan_weights}
+            batch = {**batch, "masked_lm_weights": batch["masked_lm_weights"] * float("nan")}
         return batch
 
-    _hook_batches(poison)
+    return _task_with(transform=poison)
 
 
 _HOOKS = {
@@ -185,12 +196,16 @@ _HOOKED_CLI = [sys.executable, "-c", "from tests.test_faults import _hooked_main
 
 def _hooked_main() -> None:
     """`python -m pretrain.train` with the hook named by $FAULT_HOOK (`name:arg`) installed."""
-    import runpy
+    import functools
+
+    from absl import app
+
+    from pretrain import command, train
 
     name, _, arg = os.environ["FAULT_HOOK"].partition(":")
-    _HOOKS[name](arg)
+    task_cls = _HOOKS[name](arg)
     sys.argv[0] = "pretrain.train"
-    runpy.run_module("pretrain.train", run_name="__main__", alter_sys=True)
+    app.run(functools.partial(train.main, task_cls=task_cls), flags_parser=command.parse_flags)
 
 
 def _hook_env(hook: str, marker: Path) -> dict[str, str]:
@@ -333,8 +348,8 @@ def test_checkpoint_of_another_model_size_is_one_line(reference, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "error: checkpoint step 9 does not match the model: params/bert/layers/0/mlp_in/bias has "
-        "shape (64,) in the checkpoint but (48,) in the config; use the model config the "
+        "error: checkpoint step 9 does not match the model: params/encoder/layers/0/mlp_in/bias "
+        "has shape (64,) in the checkpoint but (48,) in the config; use the model config the "
         "checkpoint was trained with, or a new --workdir."
     )
     assert _complete_steps(workdir) == [3, 6, 9]  # Not mistaken for corruption: nothing moved.

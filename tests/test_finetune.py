@@ -4,7 +4,6 @@ CLI runs use one CPU device (tests/cli_utils.py); in-process tests use the 8 sim
 tests/conftest.py where the mesh matters.
 """
 
-import functools
 import json
 import shutil
 
@@ -15,11 +14,16 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import default, finetune_classify
-from data_pipeline import tokenizer as tokenizer_lib
-from pretrain import finetune_steps, finetuner, sharding
-from pretrain.model import BertConfig
-from pretrain.optimizer import scale_by_layerwise_lr_decay
-from pretrain.workdir import checkpoints_dir, latest_checkpoint
+from data_pipeline.tasks import classification as classification_data
+from data_pipeline.vocab import unigram as tokenizer_lib
+from pretrain.models.config import EncoderConfig
+from pretrain.models.params import named_leaves
+from pretrain.tasks.classification import ClassificationTask
+from pretrain.tasks.finetuning import resolve_model_config
+from pretrain.training import sharding
+from pretrain.training.optimizer import make_optimizer, scale_by_layerwise_lr_decay
+from pretrain.training.steps import build_steps
+from pretrain.training.workdir import checkpoints_dir, latest_checkpoint
 from tests.cli_utils import read_metrics, run_module, tiny_overrides, write_corpus
 
 KEYWORD = "zebra"
@@ -152,43 +156,48 @@ def test_resumed_run_matches_the_uninterrupted_one(keyword_run, tmp_path):
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
-    """{'bert/embeddings/...': array} with nnx's 'value' level dropped."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        keys = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        out["/".join(k for k in keys if k != "value")] = np.asarray(leaf)
-    return out
+    """{'encoder/embeddings/...': array} with nnx's 'value' level dropped."""
+    return {name: np.asarray(leaf) for name, leaf in named_leaves(tree).items()}
 
 
-def test_init_from_restores_the_encoder_into_the_mesh_and_drops_the_heads(pretrained):
+def _steps(task, config, mesh, grad_accum_steps=1):
+    tx, schedule = make_optimizer(
+        config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
+    )
+    return build_steps(task, tx, schedule, mesh, RULES, grad_accum_steps=grad_accum_steps, seed=0)
+
+
+def test_init_from_restores_the_encoder_into_the_mesh_and_drops_the_heads(
+    pretrained, keyword_task, tmp_path
+):
     step, saved_config = latest_checkpoint(pretrained)
+    train, evals, _ = keyword_task
     config = finetune_classify.get_config()
     config.init_from = str(pretrained)
     config.data.max_seq_length = 32
-    vocab_size = tokenizer_lib.Tokenizer(str(pretrained / "tokenizer.model")).vocab_size
-    model_config = finetuner.resolve_model_config(config, vocab_size, saved_config)
+    config.data.train_file, config.data.eval_file = str(train), str(evals)
+    vocab_size = tokenizer_lib.SentencePieceTokenizer(
+        str(pretrained / "tokenizer.model")
+    ).vocab_size
+    model_config = resolve_model_config(config, vocab_size, saved_config)
     assert (model_config.num_hidden_layers, model_config.hidden_size) == (1, 32)  # From the ckpt.
 
     mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
-    tx, schedule = finetuner.make_finetune_optimizer(config, model_config.num_hidden_layers)
-    make_model = functools.partial(finetune_steps.build_model, model_config, 3, 0.1)
-    jitted = finetune_steps.build_steps(
-        make_model, tx, schedule, mesh, RULES, regression=False, grad_accum_steps=1, seed=0
-    )
-    encoder = finetuner.restore_encoder(str(pretrained), step, jitted.abstract_state.params["bert"])
-    state = jitted.init_with_encoder(encoder)
+    task = ClassificationTask.build(config, tmp_path)
+    jitted = _steps(task, config, mesh)
+    state = jitted.init(task.initial_params(jitted.abstract_state.params))
 
     on_disk = ocp.PyTreeCheckpointer().restore(checkpoints_dir(pretrained) / str(step) / "state")
     assert {"mlm_head", "nsp_head"} <= set(on_disk["params"])  # What pretraining saved...
-    assert set(state.params.keys()) == {"bert", "classifier"}  # ...and what fine-tuning keeps.
-    expected = _flat(on_disk["params"]["bert"])
-    got = _flat(jax.device_get(state.params["bert"]))
+    assert set(state.params.keys()) == {"encoder", "classifier"}  # ...what fine-tuning keeps.
+    expected = _flat(on_disk["params"]["encoder"])
+    got = _flat(jax.device_get(state.params["encoder"]))
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
-    query = state.params["bert"]["layers"][0]["attention"]["query"]["kernel"]
+    query = state.params["encoder"]["layers"][0]["attention"]["query"]["kernel"]
     assert tuple(query.get_value().sharding.spec) == ("fsdp", "tensor", None)
-    assert state.params["classifier"]["kernel"].get_value().shape == (32, 3)
+    assert state.params["classifier"]["kernel"].get_value().shape == (32, 2)
     # Fresh optimizer moments: nothing of pretraining's Adam state is carried over.
     assert all(float(np.abs(x).max()) == 0 for x in jax.tree.leaves(state.opt_state) if x.ndim)
 
@@ -264,7 +273,7 @@ def _synthetic_batch(step: int, batch_size: int = 16, seq: int = 12) -> dict[str
 
 
 def _train(mesh_shape, devices, grad_accum_steps, steps=2):
-    model_config = BertConfig(
+    model_config = EncoderConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, attention_impl="einsum",
@@ -272,20 +281,18 @@ def _train(mesh_shape, devices, grad_accum_steps, steps=2):
     config = finetune_classify.get_config()
     config.num_train_steps, config.optimizer.learning_rate = 10, 1e-2
     config.optimizer.layerwise_lr_decay = 0.8
+    config.classifier_dropout = 0.0
     mesh_config = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, mesh_shape)))
     mesh = sharding.create_mesh(mesh_config, devices)
-    tx, schedule = finetuner.make_finetune_optimizer(config, model_config.num_hidden_layers)
-    make_model = functools.partial(finetune_steps.build_model, model_config, 3, 0.0)
-    jitted = finetune_steps.build_steps(
-        make_model, tx, schedule, mesh, RULES, regression=False,
-        grad_accum_steps=grad_accum_steps, seed=0,
-    )  # fmt: skip
+    dataset = classification_data.ClassificationData(None, None, ["a", "b", "c"], None)
+    task = ClassificationTask(config, model_config, None, dataset)
+    jitted = _steps(task, config, mesh, grad_accum_steps)
     state = jitted.init()
     rows = sharding.process_rows(mesh, RULES, 16)
     losses = []
     for step in range(steps):
-        batch = sharding.host_to_global(_synthetic_batch(step), mesh, RULES, rows, 16)
-        state, metrics = jitted.train_step(state, batch)
+        local = {k: v[rows] for k, v in _synthetic_batch(step).items()}
+        state, metrics = jitted.train_step(state, sharding.host_to_global(local, mesh, RULES, 16))
         losses.append(float(metrics["loss"]))
     return losses, _flat(jax.device_get(state.params))
 
@@ -302,7 +309,7 @@ def test_accumulated_sharded_steps_equal_one_big_batch_on_one_device():
 def test_layerwise_lr_decay_scales_each_depth():
     # 2 layers: embeddings decay^3, layer 0 decay^2, layer 1 decay^1, pooler and head decay^0.
     ones = {
-        "bert": {
+        "encoder": {
             "embeddings": {"word_embeddings": {"embedding": np.ones(2)}},
             "layers": {
                 0: {"mlp_in": {"kernel": np.ones(2)}},
@@ -316,10 +323,10 @@ def test_layerwise_lr_decay_scales_each_depth():
     scaled, _ = tx.update(ones, tx.init(ones))
     got = {name: float(v[0]) for name, v in _flat(scaled).items()}
     assert got == {
-        "bert/embeddings/word_embeddings/embedding": 0.125,
-        "bert/layers/0/mlp_in/kernel": 0.25,
-        "bert/layers/1/mlp_in/kernel": 0.5,
-        "bert/pooler/kernel": 1.0,
+        "encoder/embeddings/word_embeddings/embedding": 0.125,
+        "encoder/layers/0/mlp_in/kernel": 0.25,
+        "encoder/layers/1/mlp_in/kernel": 0.5,
+        "encoder/pooler/kernel": 1.0,
         "classifier/kernel": 1.0,
     }
 

@@ -14,12 +14,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipeline import tokenizer as tok_lib
-from data_pipeline import wordpiece
-from pretrain import checkpoint, hf_interchange, hf_tokenizer, sharding, steps
-from pretrain import model as bert
-from pretrain import workdir as workdir_lib
-from pretrain.optimizer import make_optimizer
+from data_pipeline import vocab
+from data_pipeline.vocab import unigram as tok_lib
+from data_pipeline.vocab import wordpiece
+from pretrain.hf import interchange as hf_interchange
+from pretrain.hf import tokenizer_files as hf_tokenizer
+from pretrain.models import heads
+from pretrain.models.config import EncoderConfig
+from pretrain.tasks.pretraining import PretrainingTask
+from pretrain.training import checkpoint, sharding, steps
+from pretrain.training import workdir as workdir_lib
+from pretrain.training.optimizer import make_optimizer
 from tests.cli_utils import read_metrics, run_module, tiny_overrides
 from tests.test_wordpiece import PIECES, SENTENCES
 
@@ -81,9 +86,9 @@ def hf_logits(model, x) -> dict[str, np.ndarray]:
     return result
 
 
-def our_logits(params: dict, config: bert.BertConfig, x) -> dict[str, np.ndarray]:
+def our_logits(params: dict, config: EncoderConfig, x) -> dict[str, np.ndarray]:
     """Our model's logits with `params` (a pure dict), jitted: one compilation, not one per op."""
-    abstract = nnx.eval_shape(lambda: bert.BertForPreTraining(config, rngs=nnx.Rngs(params=0)))
+    abstract = nnx.eval_shape(lambda: heads.PreTrainingModel(config, rngs=nnx.Rngs(params=0)))
     graphdef, state = nnx.split(abstract, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
 
@@ -196,10 +201,10 @@ def test_imported_workdir_is_a_fresh_train_state_with_the_trainers_config(import
     assert config.data.vocab_size == 300 and config.data.lower_case
 
     # Exactly the structure, shapes and dtypes of steps.init_train_state, optimizer state fresh.
-    model_config = bert.BertConfig.from_config(config.model, vocab_size=300, dtype=config.dtype)
+    task = PretrainingTask(config, vocab_size=300)
     tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
     abstract = jax.eval_shape(
-        lambda key: steps.init_train_state(key, model_config=model_config, tx=tx),
+        lambda key: steps.init_train_state(key, None, make_model=task.make_model, tx=tx),
         jax.random.key(0),
     )
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -215,7 +220,7 @@ def test_imported_workdir_is_a_fresh_train_state_with_the_trainers_config(import
 
 
 def test_imported_tokenizer_gives_hf_ids(hf_dir, imported):
-    ours = tok_lib.load_tokenizer(str(workdir_lib.tokenizer_file(imported)))
+    ours = vocab.load(str(workdir_lib.tokenizer_file(imported)))
     assert isinstance(ours, wordpiece.WordPieceTokenizer)
     assert (ours.cls_id, ours.sep_id, ours.mask_id, ours.unk_id) == (101, 102, 103, 100)
     assert_same_ids(ours, transformers.AutoTokenizer.from_pretrained(hf_dir))
@@ -236,7 +241,7 @@ def test_import_then_export_leaves_every_tensor_unchanged(hf_dir, imported, tmp_
         assert config[key] == hf_config[key], key
     assert (tmp_path / "vocab.txt").read_text().splitlines() == VOCAB
     assert_same_ids(
-        tok_lib.load_tokenizer(str(tmp_path / "vocab.txt")),
+        vocab.load(str(tmp_path / "vocab.txt")),
         transformers.AutoTokenizer.from_pretrained(tmp_path),
     )
 
@@ -244,7 +249,7 @@ def test_import_then_export_leaves_every_tensor_unchanged(hf_dir, imported, tmp_
 def test_export_of_a_pretraining_run_gives_our_logits_and_ids(pretrained):
     workdir, output = pretrained
     params, config, step, tokenizer = hf_interchange.restore_params(str(workdir))
-    assert step == 6 and isinstance(tokenizer, tok_lib.Tokenizer)
+    assert step == 6 and isinstance(tokenizer, tok_lib.SentencePieceTokenizer)
     hf = transformers.BertForPreTraining.from_pretrained(output).eval()
     assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
     x = make_batch(config.vocab_size, seed=1)
@@ -280,7 +285,7 @@ def test_exported_sentencepiece_gives_our_ids_on_real_text(lower_case, tmp_path)
     path = tok_lib.train_tokenizer(
         ["data/sample/eval.txt"], 600, str(tmp_path / "sp"), lower_case=lower_case
     )
-    ours = tok_lib.Tokenizer(path)
+    ours = tok_lib.SentencePieceTokenizer(path)
     output = tmp_path / "hf"
     output.mkdir()
     hf_tokenizer.export_tokenizer(ours, str(output), model_max_length=128)
@@ -319,11 +324,11 @@ def test_checkpoint_saved_on_8_devices_exports_every_tensor_unchanged(hf_dir, im
         checkpoint.Checkpointer(imported / "checkpoints").read_config(0)
     )
     config.mesh.fsdp, config.mesh.tensor = 4, 2
-    model_config = bert.BertConfig.from_config(config.model, vocab_size=300, dtype="float32")
+    config.dtype = "float32"
     tx, schedule = make_optimizer(config.optimizer, config.num_train_steps)
     mesh = sharding.create_mesh(config.mesh)
     jitted = steps.build_steps(
-        model_config,
+        PretrainingTask(config, vocab_size=300),
         tx,
         schedule,
         mesh,
@@ -332,9 +337,9 @@ def test_checkpoint_saved_on_8_devices_exports_every_tensor_unchanged(hf_dir, im
         seed=config.seed,
     )
     source = checkpoint.Checkpointer(imported / "checkpoints")
-    state = source.restore(0, jitted.abstract_state_with_shardings())
+    state = source.restore(0, jitted.abstract_state)
     source.close()
-    kernel = state.params["bert"]["layers"][0]["mlp_in"]["kernel"][...]
+    kernel = state.params["encoder"]["layers"][0]["mlp_in"]["kernel"][...]
     assert len(kernel.sharding.device_set) == 8 and not kernel.sharding.is_fully_replicated
 
     workdir = tmp_path / "sharded"
@@ -363,7 +368,7 @@ def test_pytorch_bin_masked_lm_with_vocab_txt_imports(tmp_path):
 
     imported = hf_interchange.import_hf_dir(str(hf_dir), str(tmp_path / "workdir"))
     assert imported.fresh_parts == ["pooler", "next-sentence head"]
-    tokenizer = tok_lib.load_tokenizer(imported.tokenizer_file)
+    tokenizer = vocab.load(imported.tokenizer_file)
     assert tokenizer.vocab_size == len(VOCAB) + 2 and not tokenizer.lower_case
     assert tokenizer.id_to_piece(len(VOCAB)) == "[EMBEDDING_ROW_300]"
     params, our_config, _, _ = hf_interchange.restore_params(str(tmp_path / "workdir"))

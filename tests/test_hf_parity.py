@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pretrain import hf_convert
-from pretrain import model as bert
+from pretrain.hf import convert as hf_convert
+from pretrain.models import heads
+from pretrain.models.config import EncoderConfig
+from pretrain.models.params import count_params
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -40,9 +42,9 @@ def numpy_state_dict(model) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def our_config(hf, **overrides) -> bert.BertConfig:
+def our_config(hf, **overrides) -> EncoderConfig:
     kwargs = hf_convert.bert_config_from_hf(hf.config.to_dict())
-    return bert.BertConfig(**kwargs, dtype=jnp.float32, **overrides)
+    return EncoderConfig(**kwargs, dtype=jnp.float32, **overrides)
 
 
 def load(model: nnx.Module, params: dict) -> None:
@@ -95,7 +97,7 @@ def our_logits(model, x) -> tuple[np.ndarray, np.ndarray]:
 def test_import_matches_hf_logits(impl, act):
     hf = hf_model(hidden_act=act)
     cfg = our_config(hf, attention_impl=impl)
-    ours = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=0))
+    ours = heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0))
     load(ours, hf_convert.from_hf_state_dict(numpy_state_dict(hf), cfg))
     x = make_inputs()
     expected_mlm, expected_nsp = hf_logits(hf, x)
@@ -107,7 +109,7 @@ def test_import_matches_hf_logits(impl, act):
 
 def test_export_loads_strictly_into_hf_with_same_logits():
     cfg = our_config(hf_model())
-    ours = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=1))
+    ours = heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=1))
     # Perturb every parameter so LayerNorm scales and biases are not their 1/0 init.
     params = nnx.to_pure_dict(nnx.state(ours, nnx.Param))
     rng = np.random.default_rng(2)
@@ -155,7 +157,7 @@ def test_old_names_and_bare_encoder_keys_are_accepted():
     )
     bare = {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
     got = hf_convert.from_hf_state_dict(bare, cfg, heads="none")
-    assert set(got) == {"bert"}
+    assert set(got) == {"encoder"}
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
@@ -164,7 +166,7 @@ def test_sequence_classification_import_and_round_trip():
     cfg = our_config(hf)
     state_dict = numpy_state_dict(hf)
     params = hf_convert.from_hf_state_dict(state_dict, cfg, heads="classification")
-    ours = bert.BertForSequenceClassification(cfg, num_labels=3, rngs=nnx.Rngs(params=0))
+    ours = heads.SequenceClassifier(cfg, 3, dropout_rate=0.1, rngs=nnx.Rngs(params=0))
     load(ours, params)
     x = make_inputs()
     with torch.no_grad():
@@ -200,13 +202,13 @@ def test_missing_and_misshaped_tensors_are_named():
 
 
 def test_config_round_trip_and_hf_acceptance():
-    cfg = bert.BertConfig(**HF_TINY, hidden_act="gelu_tanh", layer_norm_eps=1e-6)
+    cfg = EncoderConfig(**HF_TINY, hidden_act="gelu_tanh", layer_norm_eps=1e-6)
     hf_dict = hf_convert.bert_config_to_hf(cfg)
     hf_config = transformers.BertConfig(**hf_dict)
     assert hf_config.hidden_act == "gelu_new" and hf_config.layer_norm_eps == 1e-6
     kwargs = hf_convert.bert_config_from_hf(hf_config.to_dict())
-    fields = {f.name for f in dataclasses.fields(bert.BertConfig)} - {"dtype", "param_dtype"}
-    assert bert.BertConfig(**kwargs) == cfg
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)} - {"dtype", "param_dtype"}
+    assert EncoderConfig(**kwargs) == cfg
     assert set(kwargs) <= fields
     with pytest.raises(ValueError, match="position_embedding_type"):
         hf_convert.bert_config_from_hf({**hf_dict, "position_embedding_type": "relative_key"})
@@ -216,6 +218,6 @@ def test_bert_base_parameter_count_matches_hf():
     with torch.device("meta"):  # Shapes only: nothing is allocated.
         hf = transformers.BertForPreTraining(transformers.BertConfig())
     hf_count = sum(p.numel() for p in hf.parameters())  # Tied decoder counted once.
-    cfg = bert.BertConfig(**hf_convert.bert_config_from_hf(hf.config.to_dict()))
-    abstract = nnx.eval_shape(lambda: bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=0)))
-    assert bert.count_params(nnx.state(abstract, nnx.Param)) == hf_count == 110_106_428
+    cfg = EncoderConfig(**hf_convert.bert_config_from_hf(hf.config.to_dict()))
+    abstract = nnx.eval_shape(lambda: heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0)))
+    assert count_params(nnx.state(abstract, nnx.Param)) == hf_count == 110_106_428

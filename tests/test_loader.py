@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from data_pipeline import instances, loader, masking
+from data_pipeline import instances, loader, masking, order
 
 V, S, P = 300, 32, 5
 VOCAB = masking.MaskingVocab(
@@ -67,14 +67,9 @@ def test_process_slices_join_to_the_global_batch(store, whole_word_masking):
     for step in (0, 5, 17):
         full = train.batch(step)
         for count in (2, 4):
-            slices = [train.batch(step, loader.process_rows(8, i, count)) for i in range(count)]
+            blocks = np.array_split(np.arange(8), count)  # One block of rows per process.
+            slices = [train.batch(step, rows) for rows in blocks]
             _assert_batches_equal(full, {k: np.concatenate([s[k] for s in slices]) for k in full})
-
-
-def test_process_rows():
-    assert loader.process_rows(8, 1, 4).tolist() == [2, 3]
-    with pytest.raises(ValueError, match="not divisible by the 3 processes"):
-        loader.process_rows(8, 0, 3)
 
 
 def test_deterministic_across_loaders_and_steps_differ(store):
@@ -91,20 +86,20 @@ def test_each_epoch_visits_every_example_once(store):
     assert n % 8  # The epoch boundary falls inside a batch.
     train = _train(store)
     steps = range(3 * n // 8 + 1)
-    examples, epochs = zip(*(train.example_indices(s, np.arange(8)) for s in steps))
+    examples, epochs = zip(*(train.order.examples(s, np.arange(8)) for s in steps))
     examples, epochs = np.concatenate(examples), np.concatenate(epochs)
     for epoch in range(3):
         assert sorted(examples[epochs == epoch].tolist()) == list(range(n))
     assert not np.array_equal(examples[:n], examples[n : 2 * n])  # Reshuffled per epoch.
     # Global position g is example permutation(seed, epoch)[g % n].
     for epoch in range(2):
-        expected = np.random.default_rng([0, loader.PERMUTATION, epoch]).permutation(n)
+        expected = np.random.default_rng([0, order.PERMUTATION, epoch]).permutation(n)
         np.testing.assert_array_equal(examples[epoch * n : (epoch + 1) * n], expected)
 
 
 def test_masks_change_between_epochs(store):
     train = _train(store, batch_size=len(store))  # One epoch per step.
-    order0, order1 = train.permutation(0), train.permutation(1)
+    order0, order1 = train.order.permutation(0), train.order.permutation(1)
     b0, b1 = train.batch(0), train.batch(1)
     row0, row1 = np.argsort(order0), np.argsort(order1)  # Row of each example per epoch.
     np.testing.assert_array_equal(b0["input_mask"][row0], b1["input_mask"][row1])

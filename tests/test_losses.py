@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pretrain import losses
+from pretrain.training import losses
 
 
 def test_cross_entropy_hand_computed():

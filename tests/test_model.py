@@ -1,4 +1,4 @@
-"""Tests for pretrain/model.py: shapes, dtypes, parameter count and metadata, masking, dropout."""
+"""pretrain/models (BERT encoder, heads): shapes, dtypes, parameters, masks and dropout."""
 
 import functools
 
@@ -9,7 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import default
-from pretrain import model as bert
+from pretrain.models import heads
+from pretrain.models.config import EncoderConfig
+from pretrain.models.params import count_params
 
 TINY = dict(
     vocab_size=99,
@@ -24,8 +26,8 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 LOGICAL_NAMES = {"vocab", "embed", "heads", "kv", "mlp", "norm", "classes", None}
 
 
-def tiny_config(**overrides) -> bert.BertConfig:
-    return bert.BertConfig(**{**TINY, **overrides})
+def tiny_config(**overrides) -> EncoderConfig:
+    return EncoderConfig(**{**TINY, **overrides})
 
 
 def make_batch(seed: int = 0, lengths=(12, 7)) -> dict[str, jax.Array]:
@@ -54,7 +56,7 @@ def run(model, batch, **kwargs):
 
 
 def test_shapes_and_float32_outputs_with_bf16_compute():
-    model = bert.BertForPreTraining(tiny_config(dtype="bfloat16"), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(dtype="bfloat16"), rngs=nnx.Rngs(params=0))
     mlm, nsp = run(model, make_batch(), deterministic=True)
     assert mlm.shape == (B, P, TINY["vocab_size"]) and mlm.dtype == jnp.float32
     assert nsp.shape == (B, 2) and nsp.dtype == jnp.float32
@@ -64,48 +66,51 @@ def test_shapes_and_float32_outputs_with_bf16_compute():
 
 
 def test_bert_base_parameter_count():
-    cfg = bert.BertConfig(vocab_size=30522)  # Defaults are BERT-base.
-    abstract = nnx.eval_shape(lambda: bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=0)))
+    cfg = EncoderConfig(vocab_size=30522)  # Defaults are BERT-base.
+    abstract = nnx.eval_shape(lambda: heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0)))
     h, i, v, layers = 768, 3072, 30522, 12
     embeddings = (v + 512 + 2) * h + 2 * h
     layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 2 * (2 * h)
     pooler = h * h + h
-    heads = (h * h + h) + 2 * h + v + (2 * h + 2)  # MLM transform, its LN, decoder bias, NSP.
-    expected = embeddings + layers * layer + pooler + heads
+    on_top = (h * h + h) + 2 * h + v + (2 * h + 2)  # MLM transform, its LN, decoder bias, NSP.
+    expected = embeddings + layers * layer + pooler + on_top
     assert expected == 110_106_428  # HF BertForPreTraining (tied decoder counted once).
-    assert bert.count_params(nnx.state(abstract, nnx.Param)) == expected
+    assert count_params(nnx.state(abstract, nnx.Param)) == expected
 
 
 def test_every_parameter_has_logical_axes_of_its_rank():
-    model = bert.BertForPreTraining(tiny_config(), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(), rngs=nnx.Rngs(params=0))
     flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
     assert len(flat) == 5 + 16 * TINY["num_hidden_layers"] + 2 + 7
     for path, var in flat:
-        axes = var.get_metadata().get("logical_axes")
+        axes = var.get_metadata().get("out_sharding")
         assert axes is not None, path
         assert len(axes) == var[...].ndim, path
         assert set(axes) <= LOGICAL_NAMES, path
-    by_path = {"/".join(map(str, p)): v.get_metadata()["logical_axes"] for p, v in flat}
-    assert by_path["bert/embeddings/word_embeddings/embedding"] == ("vocab", "embed")
-    assert by_path["bert/layers/0/attention/query/kernel"] == ("embed", "heads", "kv")
-    assert by_path["bert/layers/1/attention/output/kernel"] == ("heads", "kv", "embed")
-    assert by_path["bert/layers/1/mlp_in/kernel"] == ("embed", "mlp")
+    by_path = {"/".join(map(str, p)): v.get_metadata()["out_sharding"] for p, v in flat}
+    assert by_path["encoder/embeddings/word_embeddings/embedding"] == ("vocab", "embed")
+    assert by_path["encoder/layers/0/attention/query/kernel"] == ("embed", "heads", "kv")
+    assert by_path["encoder/layers/1/attention/output/kernel"] == ("heads", "kv", "embed")
+    assert by_path["encoder/layers/1/attention/output/bias"] == ("embed",)
+    assert by_path["encoder/layers/1/mlp_in/kernel"] == ("embed", "mlp")
+    assert by_path["encoder/layers/1/mlp_in/bias"] == ("mlp",)
+    assert by_path["encoder/layers/1/mlp_norm/scale"] == ("norm",)
     assert by_path["mlm_head/bias"] == ("vocab",)
 
 
 def test_initialization_statistics():
-    model = bert.BertForPreTraining(tiny_config(), rngs=nnx.Rngs(params=0))
-    table = np.asarray(model.bert.embeddings.word_embeddings.embedding[...])
+    model = heads.PreTrainingModel(tiny_config(), rngs=nnx.Rngs(params=0))
+    table = np.asarray(model.encoder.embeddings.word_embeddings.embedding[...])
     assert abs(table.std() - 0.02 * 0.88) < 0.002  # Truncation at 2 std shrinks std by ~0.88.
     assert np.abs(table).max() <= 0.04 + 1e-6
-    layer = model.bert.layers[0]
+    layer = model.encoder.layers[0]
     np.testing.assert_array_equal(layer.attention_norm.scale[...], np.ones(32))
     np.testing.assert_array_equal(layer.mlp_in.bias[...], np.zeros(37))
 
 
 @pytest.mark.parametrize("impl", ["xla", "einsum"])
 def test_padding_does_not_change_real_positions(impl):
-    model = bert.BertForPreTraining(tiny_config(attention_impl=impl), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(attention_impl=impl), rngs=nnx.Rngs(params=0))
     batch = make_batch()
     padded = batch["input_mask"] == 0
     changed = dict(batch)
@@ -122,7 +127,7 @@ def test_padding_does_not_change_real_positions(impl):
 
 @pytest.mark.parametrize("impl", ["xla", "einsum"])
 def test_fully_padded_row_stays_finite(impl):
-    model = bert.BertForPreTraining(tiny_config(attention_impl=impl), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(attention_impl=impl), rngs=nnx.Rngs(params=0))
     batch = make_batch()
     batch["input_mask"] = batch["input_mask"].at[1].set(0)  # An eval padding row.
     mlm, nsp = run(model, batch, deterministic=True)
@@ -130,7 +135,7 @@ def test_fully_padded_row_stays_finite(impl):
 
 
 def test_dropout_is_deterministic_per_key_and_off_when_deterministic():
-    model = bert.BertForPreTraining(tiny_config(), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(), rngs=nnx.Rngs(params=0))
     batch = make_batch()
     a = run(model, batch, deterministic=True)
     b = run(model, batch, deterministic=True, rngs=nnx.Rngs(dropout=1))
@@ -151,7 +156,7 @@ def test_attention_dropout_is_applied_on_the_xla_path():
     batch = make_batch()
     outs = {}
     for impl in ("xla", "einsum"):
-        model = bert.BertForPreTraining(tiny_config(attention_impl=impl, **cfg), rngs=nnx.Rngs(0))
+        model = heads.PreTrainingModel(tiny_config(attention_impl=impl, **cfg), rngs=nnx.Rngs(0))
         outs[impl] = run(model, batch, deterministic=False, rngs=nnx.Rngs(dropout=3))[0]
         clean = run(model, batch, deterministic=True)[0]
         assert not np.allclose(outs[impl], clean, atol=1e-3)
@@ -159,10 +164,10 @@ def test_attention_dropout_is_applied_on_the_xla_path():
 
 
 def test_mlm_logits_equal_full_sequence_projection():
-    model = bert.BertForPreTraining(tiny_config(), rngs=nnx.Rngs(params=0))
+    model = heads.PreTrainingModel(tiny_config(), rngs=nnx.Rngs(params=0))
     batch = make_batch()
     mlm, _ = run(model, batch, deterministic=True)
-    seq, _ = model.bert(
+    seq = model.encoder(
         batch["input_ids"], batch["input_mask"], batch["segment_ids"], deterministic=True, rngs=None
     )
     # The MLM head written out in numpy, applied to every position, then indexed.
@@ -172,7 +177,9 @@ def test_mlm_logits_equal_full_sequence_projection():
     x = np.asarray(jax.nn.gelu(x, approximate=False))
     x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12)
     x = x * head["layer_norm"]["scale"] + head["layer_norm"]["bias"]
-    full = x @ np.asarray(p["bert"]["embeddings"]["word_embeddings"]["embedding"]).T + head["bias"]
+    full = (
+        x @ np.asarray(p["encoder"]["embeddings"]["word_embeddings"]["embedding"]).T + head["bias"]
+    )
     expected = np.take_along_axis(full, np.asarray(batch["masked_lm_positions"])[..., None], 1)
     np.testing.assert_allclose(mlm, expected, atol=1e-4)
 
@@ -181,7 +188,7 @@ def test_attention_implementations_agree():
     batch = make_batch()
     outs = []
     for impl in ("xla", "einsum"):
-        model = bert.BertForPreTraining(tiny_config(attention_impl=impl), rngs=nnx.Rngs(0))
+        model = heads.PreTrainingModel(tiny_config(attention_impl=impl), rngs=nnx.Rngs(0))
         outs.append(run(model, batch, deterministic=True))
     np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(outs[0][1], outs[1][1], atol=1e-5, rtol=1e-5)
@@ -202,7 +209,7 @@ def test_remat_keeps_outputs_and_gradients():
 
     results = {}
     for policy in ("none", "full", "dots"):
-        model = bert.BertForPreTraining(tiny_config(remat_policy=policy), rngs=nnx.Rngs(0))
+        model = heads.PreTrainingModel(tiny_config(remat_policy=policy), rngs=nnx.Rngs(0))
         results[policy] = loss_and_grads(*nnx.split(model, nnx.Param))
     loss, grads = results["none"]
     assert np.abs(np.asarray(jax.tree.leaves(grads)[0])).max() > 0
@@ -214,17 +221,17 @@ def test_remat_keeps_outputs_and_gradients():
 
 def test_sequence_classifier_shares_the_encoder_tree():
     cfg = tiny_config(dtype="bfloat16")
-    clf = bert.BertForSequenceClassification(cfg, num_labels=3, rngs=nnx.Rngs(params=0))
-    pre = bert.BertForPreTraining(cfg, rngs=nnx.Rngs(params=0))
+    clf = heads.SequenceClassifier(cfg, 3, dropout_rate=0.1, rngs=nnx.Rngs(params=0))
+    pre = heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0))
     batch = make_batch()
     logits = clf(batch["input_ids"], batch["input_mask"], batch["segment_ids"], deterministic=True)
     assert logits.shape == (B, 3) and logits.dtype == jnp.float32
-    shapes = lambda m: jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m.bert, nnx.Param)))
+    shapes = lambda m: jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(m.encoder, nnx.Param)))
     assert shapes(clf) == shapes(pre)
 
 
 def test_from_config_reads_default_model_fields():
-    cfg = bert.BertConfig.from_config(default.get_config().model, vocab_size=8000, dtype="bfloat16")
+    cfg = EncoderConfig.from_config(default.get_config().model, vocab_size=8000, dtype="bfloat16")
     assert cfg.vocab_size == 8000 and cfg.hidden_size == 768 and cfg.num_hidden_layers == 12
     assert cfg.dtype == jnp.bfloat16 and cfg.param_dtype == jnp.float32
     assert cfg.attention_impl == "xla" and cfg.layer_norm_eps == 1e-12
@@ -249,6 +256,6 @@ def test_invalid_config_names_the_key(overrides, key):
 
 
 def test_sequence_longer_than_positions_is_rejected():
-    model = bert.BertForPreTraining(tiny_config(max_position_embeddings=8), rngs=nnx.Rngs(0))
+    model = heads.PreTrainingModel(tiny_config(max_position_embeddings=8), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         run(model, make_batch(), deterministic=True)

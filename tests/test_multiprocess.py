@@ -26,8 +26,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from configs import default, smoke
 from data_pipeline import loader
-from data_pipeline.tokenizer import Tokenizer
-from pretrain import metrics, sharding, workdir
+from data_pipeline.vocab.unigram import SentencePieceTokenizer as Tokenizer
+from pretrain.training import metrics, sharding, workdir
 from tests.cli_utils import REPO, cli_env
 
 LAUNCH = REPO / "launch"
@@ -246,7 +246,7 @@ def _rows_worker(process_id: int, port: int, corpus: str, tokenizer: str, out: s
     mesh = sharding.create_mesh(config.mesh)
     rules = tuple(config.mesh.logical_axis_rules)
     rows = sharding.process_rows(mesh, rules, 8)
-    batch = sharding.host_to_global(train_loader.batch(3, rows=rows), mesh, rules, rows, 8)
+    batch = sharding.host_to_global(train_loader.batch(3, rows=rows), mesh, rules, 8)
     gathered = {k: multihost_utils.process_allgather(v, tiled=True) for k, v in batch.items()}
     np.savez(out, rows=rows, **gathered)
 
@@ -343,7 +343,7 @@ def test_remote_workdir_goes_through_epath(tmp_path, monkeypatch, pipeline_token
     # fsspec.registry is shadowed by a read-only view; the module holds the mutable table.
     monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", FakeGCS)
     monkeypatch.setattr(tensorboardX, "SummaryWriter", FakeSummaryWriter)
-    monkeypatch.setattr(workdir.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where local mirrors go.
     try:
         remote = epath.Path("gs://bucket/run")
 

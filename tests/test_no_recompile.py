@@ -11,11 +11,10 @@ import jax
 import ml_collections
 import pytest
 
-from configs import default, smoke
-from pretrain import sharding, steps, trainer
-from pretrain.model import BertConfig
-from pretrain.optimizer import make_optimizer
-from tests.test_steps import synthetic_batch
+from configs import smoke
+from pretrain.tasks.pretraining import PretrainingTask
+from pretrain.training import loop, sharding
+from tests.test_steps import pretraining_steps, put, synthetic_batch
 
 _COMPILING = re.compile(r"Compiling jit\((\w+)\)")
 
@@ -30,27 +29,19 @@ def _compiles(caplog) -> dict[str, int]:
 
 
 def test_jitted_step_compiles_once_across_batches(caplog):
-    config = BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32, dtype="float32",
-    )  # fmt: skip
-    rules = tuple(default.get_config().mesh.logical_axis_rules)
     mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
-    tx, schedule = make_optimizer(default.get_config().optimizer, 10)
-    jitted = steps.build_steps(config, tx, schedule, mesh, rules, grad_accum_steps=1, seed=0)
+    jitted, _ = pretraining_steps(mesh, num_hidden_layers=1, attention_impl="xla")
     state = jitted.init()
-    rows = sharding.process_rows(mesh, rules, 16)
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
         for step in range(4):  # Different tokens, lengths, masks and labels every step.
-            batch = sharding.host_to_global(synthetic_batch(step), mesh, rules, rows, 16)
-            state, metrics = jitted.train_step(state, batch)
+            state, metrics = jitted.train_step(state, put(synthetic_batch(step), mesh))
             float(metrics["loss"])  # The host reads metrics, as at a logging step.
     assert _compiles(caplog).get("train_step") == 1
     assert jitted.train_step._cache_size() == 1
 
 
 @pytest.mark.slow
-def test_trainer_compiles_train_and_eval_steps_once(
+def test_loop_compiles_train_and_eval_steps_once(
     caplog, tmp_path, pipeline_corpus, pipeline_tokenizer
 ):
     config = smoke.get_config()
@@ -64,7 +55,7 @@ def test_trainer_compiles_train_and_eval_steps_once(
     config.num_train_steps, config.log_every_steps = 7, 2
     config.eval_every_steps = config.checkpoint_every_steps = 3
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
-        trainer.train_and_evaluate(config, str(tmp_path))
+        loop.train(config, str(tmp_path), PretrainingTask)
     compiles = _compiles(caplog)
     assert compiles.get("train_step") == 1, compiles
     assert compiles.get("eval_step") == 1, compiles  # Three evaluations, one compilation.

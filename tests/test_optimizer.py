@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from configs import default
-from pretrain.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
+from pretrain.training.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 
 def _opt_config(**overrides):

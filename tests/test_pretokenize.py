@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_pipeline import loader, pretokenize
-from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.vocab.unigram import SentencePieceTokenizer as Tokenizer
 
 STORE_ARGS = dict(seed=3, max_seq_length=48, short_seq_prob=0.1, random_next_prob=0.5)
 CHUNK_MB = 2500 / 2**20  # ~2.5 KB units: several per file.
@@ -87,7 +87,7 @@ def test_a_different_build_into_the_same_directory_is_refused(corpus, pipeline_t
 def test_reading_with_another_tokenizer_is_refused(
     corpus, pipeline_tokenizer, tmp_path, tmp_path_factory
 ):
-    from data_pipeline import tokenizer as tokenizer_lib
+    from data_pipeline.vocab import unigram as tokenizer_lib
 
     _build(corpus, pipeline_tokenizer, tmp_path)
     prefix = tmp_path_factory.mktemp("other_tokenizer") / "sp"

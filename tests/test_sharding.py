@@ -1,13 +1,17 @@
 """Mesh resolution, logical-axis rules and host-slice -> global-array assembly on 8 CPU devices."""
 
+import logging
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import default
-from pretrain import sharding
+from pretrain.models import layers
+from pretrain.training import sharding
 
 RULES = tuple(default.get_config().mesh.logical_axis_rules)
 
@@ -51,11 +55,27 @@ def test_unknown_logical_axis_names_the_rule_to_add():
         sharding.logical_to_mesh_spec(("nonsense",), RULES)
 
 
-def test_indivisible_dimension_is_replicated():
-    mesh = sharding.create_mesh(_mesh_config(1, 1, 8))
-    spec = sharding._fit_spec_to_shape(P("tensor", None), (30522, 16), mesh)
-    assert spec == P(None, None)  # 30522 is not a multiple of 8.
-    assert sharding._fit_spec_to_shape(P("tensor", None), (64, 16), mesh) == P("tensor", None)
+def _tables(*rows: int) -> nnx.State:
+    """Abstract parameters: one ('vocab', 'embed') table per row count, 16 wide."""
+
+    class Tables(nnx.Module):
+        def __init__(self):
+            init = layers.param_init(jax.nn.initializers.zeros, "vocab", "embed")
+            self.tables = nnx.List([nnx.Param(init(jax.random.key(0), (n, 16))) for n in rows])
+
+    return nnx.state(nnx.eval_shape(Tables), nnx.Param)
+
+
+def test_indivisible_dimension_is_replicated_and_said_once(caplog):
+    mesh = sharding.create_mesh(_mesh_config(1, 2, 4))  # vocab -> tensor (4), embed -> fsdp (2)
+    with caplog.at_level(logging.WARNING):
+        specs = sharding.state_shardings(_tables(30522, 64, 30522), mesh, RULES)
+        sharding.state_shardings(_tables(30522, 64, 30522), mesh, RULES)
+    odd, even, odd_again = (specs["tables"][i].get_value().spec for i in range(3))
+    assert odd == odd_again == P(None, "fsdp")  # 30522 is not a multiple of 4.
+    assert even == P("tensor", "fsdp")
+    said = [r.getMessage() for r in caplog.records if "replicated instead" in r.getMessage()]
+    assert len(said) == 2 and said[0].startswith("tables/0:") and said[1].startswith("tables/2:")
 
 
 @pytest.mark.parametrize("shape", [(8, 1, 1), (4, 1, 2), (2, 2, 2), (1, 8, 1)])
@@ -64,15 +84,9 @@ def test_host_rows_assemble_the_global_batch(shape):
     batch = {"input_ids": np.arange(16 * 3).reshape(16, 3).astype(np.int32)}
     rows = sharding.process_rows(mesh, RULES, 16)
     np.testing.assert_array_equal(rows, np.arange(16))  # One process holds every row.
-    global_batch = sharding.host_to_global(
-        {k: v[rows] for k, v in batch.items()}, mesh, RULES, rows, 16
-    )
+    global_batch = sharding.host_to_global({k: v[rows] for k, v in batch.items()}, mesh, RULES, 16)
     np.testing.assert_array_equal(np.asarray(global_batch["input_ids"]), batch["input_ids"])
     dp = shape[0] * shape[1]
     assert sharding.data_parallel_size(mesh, RULES) == dp
     shard_rows = {s.data.shape[0] for s in global_batch["input_ids"].addressable_shards}
     assert shard_rows == {16 // dp}
-
-
-def test_eight_devices_are_simulated():
-    assert jax.device_count() == 8

@@ -6,22 +6,41 @@ import numpy as np
 import pytest
 
 from configs import default
-from pretrain import sharding
-from pretrain.model import BertConfig
-from pretrain.optimizer import make_optimizer
-from pretrain.steps import build_steps
+from pretrain.tasks.pretraining import PretrainingTask
+from pretrain.training import sharding
+from pretrain.training.optimizer import make_optimizer
+from pretrain.training.steps import build_steps
 
 RULES = tuple(default.get_config().mesh.logical_axis_rules)
-TINY = BertConfig(
-    vocab_size=64,
+VOCAB = 64
+TINY_MODEL = dict(
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=4,
     intermediate_size=64,
     max_position_embeddings=32,
-    dtype="float32",
     attention_impl="einsum",
 )
+
+
+def pretraining_steps(mesh, *, dropout: bool = False, grad_accum_steps: int = 1, **model):
+    """The pretraining task's jitted steps for a tiny model (float32) on `mesh`."""
+    config = default.get_config()
+    config.model.update({**TINY_MODEL, **model})
+    if not dropout:
+        config.model.hidden_dropout_prob = config.model.attention_probs_dropout_prob = 0.0
+    config.dtype = "float32"
+    tx, schedule = _optimizer()
+    task = PretrainingTask(config, VOCAB)
+    jitted = build_steps(task, tx, schedule, mesh, RULES, grad_accum_steps=grad_accum_steps, seed=0)
+    return jitted, schedule
+
+
+def put(batch, mesh, batch_size: int = 16):
+    """This process's rows of a global numpy batch, as global arrays on `mesh`."""
+    rows = sharding.process_rows(mesh, RULES, batch_size)
+    local = {k: np.asarray(v)[rows] for k, v in batch.items()}
+    return sharding.host_to_global(local, mesh, RULES, batch_size)
 
 
 def synthetic_batch(step: int, batch_size: int = 16, seq: int = 16, preds: int = 4) -> dict:
@@ -52,26 +71,14 @@ def _optimizer():
     return make_optimizer(c, 10)
 
 
-def _run(mesh_shape, devices, num_steps, grad_accum_steps=1, deterministic=True):
+def _run(mesh_shape, devices, num_steps, grad_accum_steps=1, dropout=False):
     mesh_cfg = ml_collections.ConfigDict(dict(zip(sharding.MESH_AXES, mesh_shape)))
     mesh = sharding.create_mesh(mesh_cfg, devices)
-    tx, schedule = _optimizer()
-    jitted = build_steps(
-        TINY,
-        tx,
-        schedule,
-        mesh,
-        RULES,
-        grad_accum_steps=grad_accum_steps,
-        seed=0,
-        deterministic=deterministic,
-    )
+    jitted, _ = pretraining_steps(mesh, dropout=dropout, grad_accum_steps=grad_accum_steps)
     state = jitted.init()
-    rows = sharding.process_rows(mesh, RULES, 16)
     losses = []
     for step in range(num_steps):
-        batch = sharding.host_to_global(synthetic_batch(step), mesh, RULES, rows, 16)
-        state, metrics = jitted.train_step(state, batch)
+        state, metrics = jitted.train_step(state, put(synthetic_batch(step), mesh))
         losses.append(float(metrics["loss"]))
     return losses, jax.device_get(state.params)
 
@@ -105,8 +112,8 @@ def test_eight_devices_match_one_device(mesh_shape, one_device_run):
 
 
 def test_dropout_is_a_function_of_seed_and_step_not_the_mesh(one_device_run):
-    ref, _ = _run((1, 1, 1), jax.devices()[:1], 1, deterministic=False)
-    sharded, _ = _run((4, 1, 2), jax.devices(), 1, deterministic=False)
+    ref, _ = _run((1, 1, 1), jax.devices()[:1], 1, dropout=True)
+    sharded, _ = _run((4, 1, 2), jax.devices(), 1, dropout=True)
     np.testing.assert_allclose(sharded, ref, rtol=1e-5)
     no_dropout, _ = one_device_run
     assert ref[0] != pytest.approx(no_dropout[0], rel=1e-6)
@@ -115,10 +122,9 @@ def test_dropout_is_a_function_of_seed_and_step_not_the_mesh(one_device_run):
 def test_parameters_are_sharded_as_the_rules_say():
     mesh_cfg = ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2})
     mesh = sharding.create_mesh(mesh_cfg)
-    tx, schedule = _optimizer()
-    jitted = build_steps(TINY, tx, schedule, mesh, RULES, grad_accum_steps=1, seed=0)
+    jitted, _ = pretraining_steps(mesh)
     state = jitted.init()
-    layer = state.params["bert"]["layers"][0]
+    layer = state.params["encoder"]["layers"][0]
     specs = {
         path: leaf.sharding.spec for path, leaf in jax.tree_util.tree_flatten_with_path(layer)[0]
     }
@@ -136,19 +142,15 @@ def test_a_skipped_step_leaves_no_trace_and_holds_the_schedule_back():
     """[b0, NaN batch, b2] ends exactly where [b0, b2] does, and logs the rate it applied."""
     one = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
     mesh = sharding.create_mesh(one, jax.devices()[:1])
-    tx, schedule = _optimizer()  # Warmup 2 steps, then linear decay: every step's rate differs.
-    jitted = build_steps(
-        TINY, tx, schedule, mesh, RULES, grad_accum_steps=1, seed=0, deterministic=True
-    )
-    rows = sharding.process_rows(mesh, RULES, 16)
+    # Warmup 2 steps, then linear decay: every step's rate differs.
+    jitted, schedule = pretraining_steps(mesh)
     nan_batch = synthetic_batch(1)
     nan_batch["masked_lm_weights"] = nan_batch["masked_lm_weights"] * np.nan
 
     def run(batches):
         state, rates = jitted.init(), []
         for batch in batches:
-            batch = sharding.host_to_global(batch, mesh, RULES, rows, 16)
-            state, metrics = jitted.train_step(state, batch)
+            state, metrics = jitted.train_step(state, put(batch, mesh))
             rates.append(float(metrics["learning_rate"]))
         return jax.device_get(state), rates
 

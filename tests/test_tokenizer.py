@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from data_pipeline import tokenizer as tok_lib
+from data_pipeline.vocab import unigram as tok_lib
 
 
 def test_special_tokens_sit_at_fixed_ids(pipeline_tokenizer):
@@ -40,7 +40,7 @@ def test_cased_model_keeps_case(pipeline_corpus, tmp_path):
     path = tok_lib.train_tokenizer(
         [str(pipeline_corpus[0])], 200, str(tmp_path / "cased"), lower_case=False
     )
-    t = tok_lib.Tokenizer(path)
+    t = tok_lib.SentencePieceTokenizer(path)
     sentence = pipeline_corpus[1][0][0]
     assert not t.lower_case
     assert t.decode(t.encode(sentence)) == sentence
@@ -81,10 +81,10 @@ def test_bad_inputs(tmp_path):
 
 def test_load_validates_the_model(tmp_path, pipeline_corpus):
     with pytest.raises(FileNotFoundError, match="not found"):
-        tok_lib.Tokenizer(str(tmp_path / "missing.model"))
+        tok_lib.SentencePieceTokenizer(str(tmp_path / "missing.model"))
     (tmp_path / "garbage.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="is not a sentencepiece model"):
-        tok_lib.Tokenizer(str(tmp_path / "garbage.model"))
+        tok_lib.SentencePieceTokenizer(str(tmp_path / "garbage.model"))
     # sentencepiece's default layout (<unk>, <s>, </s>) lacks BERT's specials.
     spm.SentencePieceTrainer.train(
         input=str(pipeline_corpus[0]),
@@ -93,7 +93,7 @@ def test_load_validates_the_model(tmp_path, pipeline_corpus):
         minloglevel=2,
     )
     with pytest.raises(ValueError, match=r"BERT needs \('\[PAD\]'"):
-        tok_lib.Tokenizer(str(tmp_path / "plain.model"))
+        tok_lib.SentencePieceTokenizer(str(tmp_path / "plain.model"))
 
 
 def _run_cli(*args):
@@ -113,7 +113,7 @@ def test_cli_writes_model_and_vocab(pipeline_corpus, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "tokenizer: read" in result.stderr  # Progress line.
-    assert tok_lib.Tokenizer(str(prefix) + ".model").vocab_size == 150
+    assert tok_lib.SentencePieceTokenizer(str(prefix) + ".model").vocab_size == 150
     assert len(open(str(prefix) + ".vocab").read().splitlines()) == 150
 
 
@@ -130,20 +130,22 @@ def test_cli_bad_input_exits_with_one_line(tmp_path):
 def test_sentence_sample_is_uniform_and_seeded():
     counts = np.zeros(50)
     for seed in range(2000):
-        sample = tok_lib._sample(map(str, range(50)), 5, seed)
+        sample = tok_lib.reservoir_sample(map(str, range(50)), 5, seed)
         assert len(set(sample)) == 5
         counts[[int(x) for x in sample]] += 1
     # Each item is kept with probability 5/50: 200 of 2000 draws, binomial sd ~13.4.
     assert np.all(np.abs(counts - 200) < 60), counts
-    assert tok_lib._sample(map(str, range(50)), 5, 7) == tok_lib._sample(map(str, range(50)), 5, 7)
-    assert tok_lib._sample(["a", "b"], 5, 0) == ["a", "b"]
+    assert tok_lib.reservoir_sample(map(str, range(50)), 5, 7) == tok_lib.reservoir_sample(
+        map(str, range(50)), 5, 7
+    )
+    assert tok_lib.reservoir_sample(["a", "b"], 5, 0) == ["a", "b"]
 
 
 def test_sampled_training_gives_the_same_model_in_every_process(tmp_path):
     # sentencepiece's own sampler draws a fresh seed per process; every host of a multi-host
     # run trains its own tokenizer from the same files and must get the same one.
     script = (
-        "import sys; from data_pipeline import tokenizer as t; "
+        "import sys; from data_pipeline.vocab import unigram as t; "
         "t.train_tokenizer(['data/sample/train.txt'], 300, sys.argv[1], input_sentence_size=2000)"
     )
     models = []

@@ -104,7 +104,7 @@ def _restore_fails_on_one_process_main() -> None:
 
     import jax
 
-    from pretrain import checkpoint
+    from pretrain.training import checkpoint
 
     restore = checkpoint.Checkpointer.restore
     process, step = int(os.environ["FAIL_PROCESS"]), int(os.environ["FAIL_STEP"])

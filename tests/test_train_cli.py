@@ -80,7 +80,8 @@ def test_finished_run_restarts_as_a_no_op(straight_run):
     ],
 )
 def test_user_mistakes_end_in_one_line(tmp_path, override, message):
-    flags = tiny_overrides(tmp_path / "d") if (tmp_path / "d").mkdir() is None else []
+    (tmp_path / "d").mkdir()
+    flags = tiny_overrides(tmp_path / "d")
     proc = run_module(
         "pretrain.train",
         ["--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}", *flags, override],
@@ -101,7 +102,8 @@ def test_sigterm_during_data_preparation_exits_0_without_training(tmp_path):
 
     from tests.cli_utils import REPO, cli_env
 
-    flags = tiny_overrides(tmp_path / "d") if (tmp_path / "d").mkdir() is None else []
+    (tmp_path / "d").mkdir()
+    flags = tiny_overrides(tmp_path / "d")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pretrain.train", "--config=configs/smoke.py",
          f"--workdir={tmp_path / 'w'}", *flags],

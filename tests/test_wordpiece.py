@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from data_pipeline import loader, wordpiece
-from data_pipeline import tokenizer as tok_lib
-from pretrain import workdir as workdir_lib
+from data_pipeline import loader, vocab
+from data_pipeline.vocab import unigram as tok_lib
+from data_pipeline.vocab import wordpiece
+from pretrain.training import workdir as workdir_lib
 
 # BERT's layout: [PAD]=0, [unused*] 1..99, [UNK]=100 [CLS]=101 [SEP]=102 [MASK]=103.
 SPECIALS = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -137,9 +138,9 @@ def test_bad_vocabularies_are_named(vocab_path, tmp_path):
 
 
 def test_load_tokenizer_dispatches_on_the_file(vocab_path, pipeline_tokenizer):
-    assert isinstance(tok_lib.load_tokenizer(vocab_path), wordpiece.WordPieceTokenizer)
-    loaded = tok_lib.load_tokenizer(pipeline_tokenizer.model_path)
-    assert isinstance(loaded, tok_lib.Tokenizer)
+    assert isinstance(vocab.load(vocab_path), wordpiece.WordPieceTokenizer)
+    loaded = vocab.load(pipeline_tokenizer.model_path)
+    assert isinstance(loaded, tok_lib.SentencePieceTokenizer)
     assert loaded.fingerprint == pipeline_tokenizer.fingerprint
 
 

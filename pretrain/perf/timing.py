@@ -1,11 +1,11 @@
 """Times the pretraining step and the input pipeline separately; `pretrain/benchmark.py` is its CLI.
 
-* Train step: the trainer's own jitted, sharded step (`trainer.build_train_steps`), compiled ahead
+* Train step: the training loop's own jitted, sharded step (`build_train_steps`), compiled ahead
   of time (compile time reported apart), run on one synthetic batch already on the devices, so
   neither the host nor the data pipeline is in the measurement. Warm-up steps are excluded; each
   timed step is waited for and the median is reported.
 * Input pipeline: `loader.batch(step, rows)` for successive steps from the configured files on
-  one host thread, the work the trainer's prefetch threads do (instance building, a one-time cost
+  one host thread, the work the loop's prefetch threads do (instance building, a one-time cost
   cached across runs, is reported apart).
 
 Synthetic batches use `data.vocab_size` for the model, so the step timing needs no tokenizer.
@@ -27,8 +27,12 @@ from etils import epath
 
 from data_pipeline import documents
 from data_pipeline import loader as data_loader
-from pretrain import flops, sharding, steps, trainer, validate
-from pretrain.workdir import data_cache_dir, prepare_tokenizer
+from data_pipeline.errors import ConfigError
+from pretrain.perf import flops
+from pretrain.tasks.pretraining import PretrainingTask
+from pretrain.training import sharding, steps, validation
+from pretrain.training.optimizer import make_optimizer
+from pretrain.training.workdir import data_cache_dir, prepare_tokenizer
 
 
 def synthetic_batch(
@@ -40,7 +44,7 @@ def synthetic_batch(
     position real. Positions are distinct and never [CLS] (0) or the final [SEP].
     """
     if num_predictions > seq_len - 2:
-        raise ValueError(
+        raise ConfigError(
             f"data.max_predictions_per_seq={num_predictions} does not fit in "
             f"data.max_seq_length={seq_len} - 2 maskable positions."
         )
@@ -97,18 +101,37 @@ class StepRunner:
         return times
 
 
+def build_train_steps(
+    config: ml_collections.ConfigDict, vocab_size: int, mesh: jax.sharding.Mesh
+) -> steps.Steps:
+    """The jitted, sharded pretraining steps of `config`, built as `loop.train` builds them."""
+    task = PretrainingTask(config, vocab_size)
+    tx, schedule = make_optimizer(
+        config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
+    )
+    return steps.build_steps(
+        task,
+        tx,
+        schedule,
+        mesh,
+        tuple(config.mesh.logical_axis_rules),
+        grad_accum_steps=config.grad_accum_steps,
+        seed=config.seed,
+    )
+
+
 def prepare_train_step(
     config: ml_collections.ConfigDict, host_batch: dict[str, np.ndarray] | None = None
 ) -> StepRunner:
-    """The trainer's jitted step (`trainer.build_train_steps`), its state and a batch on devices.
+    """The loop's jitted step (`build_train_steps`), its state and a batch on devices.
 
     `host_batch` is the global batch as numpy (default: `synthetic_batch` from the config).
     """
     mesh = sharding.create_mesh(config.mesh)
     rules = tuple(config.mesh.logical_axis_rules)
-    validate.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
+    validation.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
     vocab_size = config.data.vocab_size
-    jitted = trainer.build_train_steps(config, vocab_size, mesh)
+    jitted = build_train_steps(config, vocab_size, mesh)
     state = jitted.init()
     b, s = config.global_batch_size, config.data.max_seq_length
     if host_batch is None:
@@ -116,11 +139,11 @@ def prepare_train_step(
         host_batch = synthetic_batch(b, s, p, vocab_size, config.seed)
     rows = sharding.process_rows(mesh, rules, b)
     local = {k: np.asarray(v)[rows] for k, v in host_batch.items()}
-    batch = sharding.host_to_global(local, mesh, rules, rows, b)
+    batch = sharding.host_to_global(local, mesh, rules, b)
     jax.block_until_ready((state, batch))
 
     start = time.perf_counter()
-    # The trainer's jitted step, compiled ahead of time: the same executable, timed apart.
+    # The loop's jitted step, compiled ahead of time: the same executable, timed apart.
     compiled = jitted.train_step.lower(state, batch).compile()
     return StepRunner(compiled, state, batch, compile_time_s=time.perf_counter() - start)
 
@@ -129,7 +152,7 @@ def time_train_step(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Compile time and median step time of the configured train step on a synthetic batch."""
     bench = config.benchmark
     if bench.timed_steps < 1 or bench.warmup_steps < 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.benchmark.timed_steps={bench.timed_steps} must be >= 1 and "
             f"config.benchmark.warmup_steps={bench.warmup_steps} >= 0."
         )
@@ -163,8 +186,8 @@ def time_train_step(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def check_data_files(config: ml_collections.ConfigDict) -> None:
-    """FileNotFoundError/ValueError now, before compiling, if the training files are missing."""
-    validate.check_config(config)
+    """MissingInputError/ConfigError now, before compiling, if the training files are missing."""
+    validation.check_pretraining(config)
     spec = config.data.train_files
     if not documents.is_tfds_spec(spec):
         documents.resolve_files(spec)

@@ -5,7 +5,7 @@ them (the optimizer state is never read), become
 
     HF_DIR/config.json        a `transformers.BertConfig`
     HF_DIR/model.safetensors  float32, HF names; the tied MLM decoder is stored once, as HF does
-    HF_DIR/tokenizer files    pretrain/hf_tokenizer.py
+    HF_DIR/tokenizer files    pretrain/hf/tokenizer_files.py
 
 Import (`import_hf_dir`): a local HF BERT folder (config.json; model.safetensors or
 pytorch_model.bin, sharded or not; its tokenizer) becomes a workdir:
@@ -13,7 +13,7 @@ pytorch_model.bin, sharded or not; its tokenizer) becomes a workdir:
     WORKDIR/checkpoints/0/     the TrainState `steps.init_train_state` builds, with HF's
                                parameters, fresh optimizer state, step 0, and the full pretraining
                                config saved beside it exactly as the trainer saves its own
-    WORKDIR/vocab.txt | tokenizer.model   the tokenizer (pretrain/workdir.py layout)
+    WORKDIR/vocab.txt | tokenizer.model   the tokenizer (pretrain/training/workdir.py layout)
     WORKDIR/config.json        that config, as the trainer writes it
     WORKDIR/pretrain_config.py the same config as a config file, for continued pretraining:
         python -m pretrain.train --config=WORKDIR/pretrain_config.py --workdir=WORKDIR \
@@ -40,12 +40,17 @@ from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from configs import default as default_config
-from data_pipeline import tokenizer as tokenizer_lib
-from pretrain import hf_convert, hf_tokenizer, steps
-from pretrain import workdir as workdir_lib
-from pretrain.checkpoint import Checkpointer
-from pretrain.model import BertConfig, BertForPreTraining, count_params
-from pretrain.optimizer import make_optimizer
+from data_pipeline import vocab
+from data_pipeline.errors import ConfigError, DataError, MissingInputError
+from pretrain.hf import convert as hf_convert
+from pretrain.hf import tokenizer_files as hf_tokenizer
+from pretrain.models.config import EncoderConfig
+from pretrain.models.heads import PreTrainingModel
+from pretrain.models.params import count_params
+from pretrain.training import steps
+from pretrain.training import workdir as workdir_lib
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.optimizer import make_optimizer
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
@@ -61,7 +66,7 @@ _TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 # Parts a checkpoint may lack (BertForMaskedLM has no pooler or NSP head, BertModel no heads):
 # the tensor that shows the part is there, its HF name prefix, and our subtree.
 _OPTIONAL_PARTS = {
-    "pooler": ("bert.pooler.dense.weight", "bert.pooler.", ("bert", "pooler")),
+    "pooler": ("bert.pooler.dense.weight", "bert.pooler.", ("encoder", "pooler")),
     "masked-LM head": ("cls.predictions.transform.dense.weight", "cls.predictions.", ("mlm_head",)),
     "next-sentence head": ("cls.seq_relationship.weight", "cls.seq_relationship.", ("nsp_head",)),
 }
@@ -91,7 +96,7 @@ class Imported:
 
 def restore_params(
     workdir: str, step: int | None = None
-) -> tuple[dict[str, Any], BertConfig, int, hf_tokenizer.Tokenizer]:
+) -> tuple[dict[str, Any], EncoderConfig, int, hf_tokenizer.Tokenizer]:
     """(parameter pure dict of numpy arrays, model config, step, tokenizer) of a workdir.
 
     `step` None: the newest complete checkpoint. The model's shape comes from the config saved
@@ -100,7 +105,7 @@ def restore_params(
     tokenizer_path = workdir_lib.tokenizer_file(workdir)
     directory = workdir_lib.checkpoints_dir(workdir)
     if not tokenizer_path.exists() or not directory.is_dir():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{workdir} has no tokenizer or no checkpoints/: point --workdir at a workdir of "
             "`pretrain.train` or `pretrain.import_hf`."
         )
@@ -108,22 +113,22 @@ def restore_params(
     try:
         available = checkpointer.all_steps()
         if not available:
-            raise FileNotFoundError(f"{directory} holds no complete checkpoint: pretrain first.")
+            raise MissingInputError(f"{directory} holds no complete checkpoint: pretrain first.")
         if step is None:
             step = available[-1]
         elif step not in available:
-            raise ValueError(
+            raise ConfigError(
                 f"--step={step} has no complete checkpoint in {directory}: choose one of "
                 f"{available}."
             )
         saved = checkpointer.read_config(step)
-        tokenizer = tokenizer_lib.load_tokenizer(str(tokenizer_path))
-        config = BertConfig.from_config(
+        tokenizer = vocab.load(str(tokenizer_path))
+        config = EncoderConfig.from_config(
             ml_collections.ConfigDict(saved["model"]),
             vocab_size=tokenizer.vocab_size,
             dtype="float32",
         )
-        abstract = nnx.eval_shape(lambda: BertForPreTraining(config, rngs=nnx.Rngs(params=0)))
+        abstract = nnx.eval_shape(lambda: PreTrainingModel(config, rngs=nnx.Rngs(params=0)))
         one_device = SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one_device),
@@ -161,7 +166,7 @@ def load_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
     """The tensors of an HF folder as numpy (floating ones as float32), whatever the format."""
     found = [n for n in _WEIGHT_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     if not found:
-        raise FileNotFoundError(f"{hf_dir} holds no weights: expected one of {_WEIGHT_FILES}.")
+        raise MissingInputError(f"{hf_dir} holds no weights: expected one of {_WEIGHT_FILES}.")
     path = os.path.join(hf_dir, found[0])
     if path.endswith(".index.json"):
         with open(path, encoding="utf-8") as f:
@@ -186,14 +191,14 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         return load_file(path)
     except (TypeError, ValueError) as e:  # e.g. bfloat16, which numpy lacks.
-        raise ValueError(f"{path} cannot be read as numpy ({e}): save it as float32") from None
+        raise DataError(f"{path} cannot be read as numpy ({e}): save it as float32") from None
 
 
 def _load_bin(path: str) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ValueError(
+        raise DataError(
             f"{path} is a PyTorch checkpoint and torch is not installed: install the `hf` "
             "extra, or convert the checkpoint to model.safetensors."
         ) from None
@@ -223,7 +228,7 @@ def pretraining_config(hf_config: Mapping[str, Any], tokenizer: Any) -> ml_colle
 
 
 def _partial_params(
-    state_dict: dict[str, np.ndarray], abstract_params: nnx.State, config: BertConfig
+    state_dict: dict[str, np.ndarray], abstract_params: nnx.State, config: EncoderConfig
 ) -> tuple[dict[str, Any], list[str]]:
     """Our pure dict of the HF tensors, without the subtrees of the parts the checkpoint lacks
     (returned by name)."""
@@ -253,13 +258,14 @@ def _state_with_params(
     key: jax.Array,
     params: dict[str, Any],
     *,
-    model_config: BertConfig,
+    model_config: EncoderConfig,
     tx: optax.GradientTransformation,
 ) -> steps.TrainState:
     """`init_train_state`'s state with `params` (a pure dict, maybe partial) in place of the
     initializer's values and the optimizer state built for them. Jitted, XLA drops the random
     init of every replaced parameter."""
-    state = steps.init_train_state(key, model_config=model_config, tx=tx)
+    make_model = lambda rngs: PreTrainingModel(model_config, rngs=rngs)
+    state = steps.init_train_state(key, None, make_model=make_model, tx=tx)
     nnx.replace_by_pure_dict(state.params, params)
     return state.replace(opt_state=tx.init(state.params))
 
@@ -301,11 +307,11 @@ def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
     """Turns the HF BERT folder `hf_dir` into the pretraining workdir `workdir` (new or empty)."""
     config_path = os.path.join(hf_dir, HF_CONFIG)
     if not os.path.isfile(config_path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{config_path} not found: --hf_dir must be a local HF model folder."
         )
     if os.path.isdir(workdir) and os.listdir(workdir):
-        raise ValueError(f"{workdir} is not empty: import into a new --workdir.")
+        raise ConfigError(f"{workdir} is not empty: import into a new --workdir.")
     with open(config_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     model_kwargs = hf_convert.bert_config_from_hf(hf_config)  # Validates before any work.
@@ -314,13 +320,17 @@ def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
     os.makedirs(workdir, exist_ok=True)
     tokenizer = hf_tokenizer.import_tokenizer(hf_dir, workdir, model_kwargs["vocab_size"])
     config = pretraining_config(hf_config, tokenizer)
-    model_config = BertConfig.from_config(
+    model_config = EncoderConfig.from_config(
         config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
     )
     tx, _ = make_optimizer(config.optimizer, config.num_train_steps)
-    init = functools.partial(steps.init_train_state, model_config=model_config, tx=tx)
+    init = functools.partial(
+        steps.init_train_state,
+        make_model=lambda rngs: PreTrainingModel(model_config, rngs=rngs),
+        tx=tx,
+    )
     key = jax.random.key(config.seed)
-    abstract = jax.eval_shape(init, key)
+    abstract = jax.eval_shape(init, key, None)
     params, fresh_parts = _partial_params(state_dict, abstract.params, model_config)
     build = functools.partial(_state_with_params, model_config=model_config, tx=tx)
     state = jax.jit(build)(key, params)

@@ -3,9 +3,10 @@
 WORKDIR/config.json          the run's config
 WORKDIR/tokenizer.model      the sentencepiece model every stage tokenizes with, or instead
 WORKDIR/vocab.txt            a WordPiece vocabulary (imported from Hugging Face), with its
-WORKDIR/tokenizer_config.json  normalization options (data_pipeline/wordpiece.py)
-WORKDIR/checkpoints/<step>/  orbax checkpoints (pretrain/checkpoint.py)
-WORKDIR/metrics.jsonl        metrics rows (pretrain/metrics.py)
+WORKDIR/tokenizer_config.json  normalization options (data_pipeline/vocab/wordpiece.py)
+WORKDIR/checkpoints/<step>/  orbax checkpoints (pretrain/training/checkpoint.py)
+WORKDIR/best/<step>/         fine-tuning: the checkpoint with the best eval metric
+WORKDIR/metrics.jsonl        metrics rows (pretrain/training/metrics.py)
 WORKDIR/data_cache/          instance stores built from the text, reused on restart
 
 WORKDIR may be any etils path (gs://bucket/run): everything here goes through epath; what
@@ -23,16 +24,40 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipeline import pretokenize, wordpiece
-from data_pipeline import tokenizer as tokenizer_lib
-from pretrain.checkpoint import Checkpointer
-from pretrain.metrics import status
+from data_pipeline import pretokenize, vocab
+from data_pipeline.errors import MissingInputError
+from data_pipeline.vocab import unigram, wordpiece
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.errors import WorkdirError
+from pretrain.training.metrics import status
 
 TOKENIZER_FILE = "tokenizer.model"
 WORDPIECE_FILE = wordpiece.VOCAB_FILE
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"  # Fine-tuning: the checkpoint with the best eval metric.
 # Every file a workdir's tokenizer may consist of (sentencepiece or WordPiece).
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer.vocab", WORDPIECE_FILE, wordpiece.CONFIG_FILE)
+
+
+def make_workdir(workdir: str | epath.PathLike) -> epath.Path:
+    """Creates the workdir (process 0); WorkdirError when the path cannot be a folder."""
+    path = epath.Path(workdir)
+    if jax.process_index() != 0:
+        return path
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir={path} is a file, not a folder: pick another --workdir.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as e:
+        raise WorkdirError(
+            f"--workdir={path} cannot be created: {e.filename or path} is a file, not a folder; "
+            "pick another --workdir."
+        ) from None
+    except PermissionError:
+        raise WorkdirError(
+            f"--workdir={path} cannot be created: permission denied; pick a writable --workdir."
+        ) from None
+    return path
 
 
 def tokenizer_path(workdir: str | epath.PathLike) -> epath.Path:
@@ -42,7 +67,7 @@ def tokenizer_path(workdir: str | epath.PathLike) -> epath.Path:
 def tokenizer_file(workdir: str | epath.PathLike) -> epath.Path:
     """The workdir's tokenizer: `vocab.txt` (WordPiece) when present, else `tokenizer.model`.
 
-    Load it with `data_pipeline.tokenizer.load_tokenizer`.
+    Load it with `data_pipeline.vocab.load`.
     """
     wordpiece_path = epath.Path(workdir) / WORDPIECE_FILE
     return wordpiece_path if wordpiece_path.exists() else tokenizer_path(workdir)
@@ -86,7 +111,7 @@ def _copy_tokenizer(source: epath.Path, dest: epath.Path) -> None:
 
 def prepare_tokenizer(
     data_config: ml_collections.ConfigDict, workdir: epath.Path
-) -> tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer:
+) -> vocab.Tokenizer:
     """The workdir's tokenizer: copied from `data.tokenizer_model`, or trained on first start.
 
     `data.tokenizer_model` is a sentencepiece `.model` or a WordPiece `vocab.txt` (copied with
@@ -106,7 +131,7 @@ def prepare_tokenizer(
             )
         if tokenizer_model:
             # Validate before copying.
-            source = tokenizer_lib.load_tokenizer(tokenizer_model)
+            source = vocab.load(tokenizer_model)
             if isinstance(source, wordpiece.WordPieceTokenizer):
                 source.save(str(local))
             else:
@@ -114,7 +139,7 @@ def prepare_tokenizer(
         else:
             status(f"Training a {data_config.vocab_size}-piece tokenizer into {workdir}.")
             prefix = str(target)[: -len(".model")]
-            tokenizer_lib.train_tokenizer(
+            unigram.train_tokenizer(
                 data_config.train_files.split(","),
                 vocab_size=data_config.vocab_size,
                 output_prefix=prefix,
@@ -124,20 +149,20 @@ def prepare_tokenizer(
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("tokenizer ready")
     _copy_tokenizer(workdir, local)
-    return tokenizer_lib.load_tokenizer(str(tokenizer_file(local)))
+    return vocab.load(str(tokenizer_file(local)))
 
 
 def latest_checkpoint(workdir: str | epath.PathLike) -> tuple[int, dict]:
     """(newest complete checkpoint step, the config saved with it) of a pretraining workdir.
 
-    Raises FileNotFoundError naming what is missing when `workdir` has no tokenizer or no
+    Raises MissingInputError naming what is missing when `workdir` has no tokenizer or no
     complete checkpoint (a step folder still being written does not count).
     """
     workdir = epath.Path(workdir)
     if not workdir.is_dir():
-        raise FileNotFoundError(f"{workdir} does not exist: point at a pretraining workdir.")
+        raise MissingInputError(f"{workdir} does not exist: point at a pretraining workdir.")
     if not tokenizer_file(workdir).exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{workdir} has no {TOKENIZER_FILE} or {WORDPIECE_FILE}: it is not a workdir of "
             "`pretrain.train` or `pretrain.import_hf`."
         )
@@ -145,7 +170,7 @@ def latest_checkpoint(workdir: str | epath.PathLike) -> tuple[int, dict]:
     checkpointer = Checkpointer(directory) if directory.is_dir() else None
     step = checkpointer.latest_step() if checkpointer else None
     if step is None:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{directory} holds no complete checkpoint: pretrain first (checkpoints are written "
             "every config.checkpoint_every_steps and at the end)."
         )

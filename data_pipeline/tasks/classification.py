@@ -19,8 +19,8 @@ Sequences are `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut to `max_seq_length
     input_ids [B, S] int32, input_mask [B, S] int32, segment_ids [B, S] int32,
     label [B] int32 (float32 for regression), example_weight [B] float32
 
-Train batch `step` is a pure function of (seed, step) like pretraining (`data_pipeline/loader.py`):
-global position g = step * B + row is example `permutation(seed, g // N)[g % N]`. Eval batches
+Train batch `step` is a pure function of (seed, step), ordered by `data_pipeline/order.py` as
+pretraining's is. Eval batches
 cover the eval set in order; the last one is padded with all-zero rows of weight 0.
 """
 
@@ -35,6 +35,8 @@ import numpy as np
 import numpy.typing as npt
 
 from data_pipeline import documents
+from data_pipeline.errors import ConfigError, DataError, MissingInputError
+from data_pipeline.order import EpochOrder, check_rows
 
 TASKS = ("classification", "regression")
 _ENCODE_CHUNK = 10_000  # Texts tokenized per call: bounds peak memory on large sources.
@@ -60,9 +62,9 @@ class RawExamples:
 
 
 def read_tsv(path: str) -> RawExamples:
-    """Reads `label<TAB>text[<TAB>text_b]` lines; a bad row is a ValueError naming file and line."""
+    """Reads `label<TAB>text[<TAB>text_b]` lines; a bad row is a DataError naming file and line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"TSV file {path!r} not found: check data.train_file/eval_file.")
+        raise MissingInputError(f"TSV file {path!r} not found: check data.train_file/eval_file.")
     text_a, text_b, labels, lines = [], [], [], []
     columns = None
     with open(path, encoding="utf-8", newline="") as f:
@@ -72,27 +74,27 @@ def read_tsv(path: str) -> RawExamples:
                 continue
             fields = row.split("\t")
             if len(fields) not in (2, 3):
-                raise ValueError(
+                raise DataError(
                     f"{path}, line {number}: {len(fields)} tab-separated columns; expected "
                     "'label<TAB>text' or 'label<TAB>text_a<TAB>text_b'."
                 )
             if columns is None:
                 columns = len(fields)
             elif len(fields) != columns:
-                raise ValueError(
+                raise DataError(
                     f"{path}, line {number}: {len(fields)} columns, but earlier lines have "
                     f"{columns}; every line of a file must have the same layout."
                 )
             label = fields[0].strip()
             if not label:
-                raise ValueError(f"{path}, line {number}: empty label in the first column.")
+                raise DataError(f"{path}, line {number}: empty label in the first column.")
             labels.append(label)
             text_a.append(fields[1])
             if columns == 3:
                 text_b.append(fields[2])
             lines.append(number)
     if not labels:
-        raise ValueError(f"{path} holds no examples: expected 'label<TAB>text' lines.")
+        raise DataError(f"{path} holds no examples: expected 'label<TAB>text' lines.")
     return RawExamples(path, text_a, text_b if columns == 3 else None, labels, lines)
 
 
@@ -109,14 +111,14 @@ def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> Ra
     try:
         source = tfds.data_source(name, split=split)
     except Exception as e:  # TFDS raises many types (not prepared, bad name, no network).
-        raise ValueError(
+        raise DataError(
             f"cannot open TFDS dataset {name!r} split {split!r}: {e}".splitlines()[0]
         ) from e
     features = source.dataset_info.features
     keys = [text_a_key, label_key] + ([text_b_key] if text_b_key else [])
     missing = [k for k in keys if k not in features]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"TFDS dataset {name!r} has no feature {missing[0]!r} (it has {sorted(features)}): "
             "set data.text_a_key, data.text_b_key and data.label_key."
         )
@@ -128,7 +130,7 @@ def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> Ra
         if names is not None:
             index = int(label)
             if not 0 <= index < len(names):
-                raise ValueError(
+                raise DataError(
                     f"{spec}, record {i}: label {index} is not a class of {name!r} (GLUE test "
                     "splits are unlabelled, -1): evaluate on a labelled split (validation)."
                 )
@@ -139,7 +141,7 @@ def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> Ra
         if text_b_key:
             text_b.append(_as_text(record[text_b_key]))
     if not labels:
-        raise ValueError(f"{spec} holds no examples.")
+        raise DataError(f"{spec} holds no examples.")
     records = list(range(len(labels)))
     return RawExamples(spec, text_a, text_b if text_b_key else None, labels, records, names)
 
@@ -179,14 +181,14 @@ def _is_int(text: str) -> bool:
 def encode_labels(
     examples: RawExamples, labels: Sequence[str], task: str, train_source: str
 ) -> np.ndarray:
-    """int32 class ids [N] (float32 scores for regression); ValueError names a bad line."""
+    """int32 class ids [N] (float32 scores for regression); DataError names a bad line."""
     if task == "regression":
         scores = np.empty(len(examples), np.float32)
         for i, text in enumerate(examples.label):
             try:
                 scores[i] = float(text)
             except ValueError:
-                raise ValueError(
+                raise DataError(
                     f"{examples.where(i)}: label {text!r} is not a number, but "
                     "config.task='regression' needs numeric labels."
                 ) from None
@@ -196,7 +198,7 @@ def encode_labels(
     for i, text in enumerate(examples.label):
         if text not in ids:
             shown = ", ".join(repr(x) for x in labels[:10]) + (", ..." if len(labels) > 10 else "")
-            raise ValueError(
+            raise DataError(
                 f"{examples.where(i)}: label {text!r} does not occur in the training data "
                 f"{train_source} (labels: {shown}); fix the label or add examples of it."
             )
@@ -263,11 +265,11 @@ def tokenize(
     len_a = np.array([len(x) for x in ids_a], np.int64)
     if examples.text_b is None:
         if max_seq_length < 3:
-            raise ValueError(f"data.max_seq_length={max_seq_length} is too short: use >= 3.")
+            raise ConfigError(f"data.max_seq_length={max_seq_length} is too short: use >= 3.")
         tokens_a, offsets_a = _ragged(ids_a, np.minimum(len_a, max_seq_length - 2))
         return TokenizedExamples(tokens_a, offsets_a, None, None, labels)
     if max_seq_length < 5:
-        raise ValueError(f"data.max_seq_length={max_seq_length} is too short for pairs: use >= 5.")
+        raise ConfigError(f"data.max_seq_length={max_seq_length} is too short for pairs: use >= 5.")
     ids_b = _encode(tokenizer, examples.text_b)
     len_b = np.array([len(x) for x in ids_b], np.int64)
     keep_a, keep_b = truncated_pair_lengths(len_a, len_b, max_seq_length - 3)
@@ -291,7 +293,7 @@ class _Batcher:
         if batch_size < 1:
             raise ValueError(f"batch size {batch_size} must be positive.")
         if len(data) == 0:
-            raise ValueError("no examples to batch.")
+            raise DataError("no examples to batch.")
         self.data = data
         self.batch_size = batch_size
         self.max_seq_length = max_seq_length
@@ -300,14 +302,6 @@ class _Batcher:
     @property
     def num_examples(self) -> int:
         return len(self.data)
-
-    def _rows(self, rows: npt.ArrayLike | None) -> np.ndarray:
-        if rows is None:
-            return np.arange(self.batch_size)
-        rows = np.asarray(rows, np.int64)
-        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= self.batch_size)):
-            raise ValueError(f"rows must be a 1-D array of indices in [0, {self.batch_size}).")
-        return rows
 
     def _features(self, examples: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
         b, s = len(examples), self.max_seq_length
@@ -338,26 +332,12 @@ class TrainBatches(_Batcher):
 
     def __init__(self, data: TokenizedExamples, *, seed: int, **kwargs):
         super().__init__(data, **kwargs)
-        self.seed = seed
-        self._cached: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        cached_epoch, order = self._cached  # One read: safe against a racing write.
-        if cached_epoch != epoch:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            self._cached = (epoch, order)
-        return order
+        self.order = EpochOrder(len(data), seed=seed, global_batch_size=self.batch_size)
 
     def batch(self, step: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
         """Rows `rows` (global row indices; default all) of global batch `step`."""
-        if step < 0:
-            raise ValueError(f"step={step} must be non-negative.")
-        rows = self._rows(rows)
-        epochs, offsets = np.divmod(step * self.batch_size + rows, self.num_examples)
-        examples = np.empty_like(rows)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            examples[in_epoch] = self.permutation(int(epoch))[offsets[in_epoch]]
+        rows = check_rows(rows, self.batch_size)
+        examples, _ = self.order.examples(step, rows)
         return self._features(examples, np.ones(len(rows), bool))
 
 
@@ -372,7 +352,7 @@ class EvalBatches(_Batcher):
         """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
         if not 0 <= i < self.num_batches:
             raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
-        examples = i * self.batch_size + self._rows(rows)
+        examples = i * self.batch_size + check_rows(rows, self.batch_size)
         valid = examples < self.num_examples
         return self._features(np.where(valid, examples, 0), valid)
 
@@ -402,16 +382,16 @@ def build_datasets(
     Args:
       data_config: `config.data` (train_file, eval_file, max_seq_length, text_a_key, text_b_key,
         label_key, labels).
-      tokenizer: a `data_pipeline.tokenizer.Tokenizer`.
+      tokenizer: a `data_pipeline.vocab.Tokenizer`.
       task: 'classification' or 'regression'.
       seed: shuffles the training examples (per epoch).
       labels: class names by id, as saved by an earlier start of the same run; None: from
         `data.labels` when set, else from the training data.
     """
     if task not in TASKS:
-        raise ValueError(f"config.task={task!r} is not supported: use one of {', '.join(TASKS)}.")
+        raise ConfigError(f"config.task={task!r} is not supported: use one of {', '.join(TASKS)}.")
     if not data_config.train_file.strip():
-        raise ValueError(
+        raise ConfigError(
             "config.data.train_file is empty: set it to a TSV file (label<TAB>text) or tfds:NAME."
         )
     train_raw = read_examples(data_config.train_file.strip(), data_config)
@@ -420,12 +400,12 @@ def build_datasets(
         labels = given if given and task == "classification" else label_vocabulary(train_raw, task)
     labels = list(labels)
     if task == "classification" and len(labels) < 2:
-        raise ValueError(
+        raise DataError(
             f"{train_raw.source} has {len(labels)} distinct label(s) {labels}: classification "
             "needs at least 2 (or set config.task='regression' for numeric scores)."
         )
     if len(set(labels)) != len(labels):
-        raise ValueError(f"config.data.labels lists a label twice: {labels}.")
+        raise ConfigError(f"config.data.labels lists a label twice: {labels}.")
     batch_args = dict(
         max_seq_length=data_config.max_seq_length,
         cls_id=tokenizer.cls_id,
@@ -443,7 +423,7 @@ def build_datasets(
         return ClassificationData(train, None, labels, None)
     eval_raw = read_examples(eval_spec, data_config)
     if (eval_raw.text_b is None) != (train_raw.text_b is None):
-        raise ValueError(
+        raise DataError(
             f"{eval_raw.source} and {train_raw.source} disagree on sentence pairs: one has a "
             "text_b column and the other not; give both files the same layout."
         )

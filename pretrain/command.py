@@ -1,7 +1,9 @@
 """What every command line of this project shares: one-line errors and multi-process setup.
 
-A user mistake (bad config value, missing file, mismatched checkpoint) ends with one line on
-stderr naming the problem and the fix, exit code 2, and no traceback. Bugs still raise.
+A user mistake (bad config value, missing file, mismatched checkpoint) raises one of the
+project's own exception types (`pretrain/training/errors.py`) and ends with one line on stderr
+naming the problem and the fix, exit code 2, and no traceback. Anything else is a bug and keeps
+its traceback, a ValueError from inside JAX or orbax included.
 """
 
 from __future__ import annotations
@@ -15,18 +17,7 @@ from collections.abc import Callable
 import jax
 from absl import flags, logging
 
-from pretrain.checkpoint import CheckpointError
-
-# Exceptions that mean "the user asked for something that cannot work", not "the code is wrong".
-# FloatingPointError: training diverged (trainer.NonFiniteError names the step and the fix).
-USER_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    PermissionError,
-    CheckpointError,
-    FloatingPointError,
-)
+from pretrain.training.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -62,12 +53,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:
-    """Runs `fn`, turning USER_ERRORS into one line and exit code 2."""
+    """Runs `fn`, turning a UserError into one line and exit code 2; other errors propagate."""
     if logging.get_verbosity() < logging.INFO:
         _quiet_background_echoes()
     try:
         fn()
-    except USER_ERRORS as e:
+    except UserError as e:
         fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 

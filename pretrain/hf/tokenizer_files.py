@@ -25,9 +25,10 @@ from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2
 
-from data_pipeline import tokenizer as tokenizer_lib
-from data_pipeline import wordpiece
-from pretrain import workdir as workdir_lib
+from data_pipeline import vocab
+from data_pipeline.errors import DataError, MissingInputError
+from data_pipeline.vocab import unigram, wordpiece
+from pretrain.training import workdir as workdir_lib
 
 HF_TOKENIZER_JSON = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -44,7 +45,7 @@ _MODEL_INPUTS = ["input_ids", "token_type_ids", "attention_mask"]
 _UNIGRAM = 1  # sentencepiece TrainerSpec.model_type.
 _FILLER = "[EMBEDDING_ROW_{}]"  # Vocabulary lines for embedding rows a checkpoint has beyond it.
 
-Tokenizer = tokenizer_lib.Tokenizer | wordpiece.WordPieceTokenizer
+Tokenizer = vocab.Tokenizer
 
 
 def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
@@ -58,7 +59,7 @@ def _special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
     return {key: tokenizer.id_to_piece(i) for key, i in zip(_SPECIAL_KEYS, ids, strict=True)}
 
 
-def _sentencepiece_tokenizer_json(tokenizer: tokenizer_lib.Tokenizer) -> str:
+def _sentencepiece_tokenizer_json(tokenizer: unigram.SentencePieceTokenizer) -> str:
     """Our sentencepiece unigram model as a `tokenizers` pipeline (JSON) with the same ids."""
     # Export-only dependency (the `hf` extra): the data pipeline never needs it.
     from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
@@ -69,7 +70,7 @@ def _sentencepiece_tokenizer_json(tokenizer: tokenizer_lib.Tokenizer) -> str:
         proto = sentencepiece_model_pb2.ModelProto.FromString(f.read())
     trainer, norm = proto.trainer_spec, proto.normalizer_spec
     if trainer.model_type != _UNIGRAM or trainer.byte_fallback or not norm.escape_whitespaces:
-        raise ValueError(
+        raise DataError(
             f"{tokenizer.model_path} is not a plain unigram sentencepiece model (model_type="
             f"{trainer.model_type}, byte_fallback={trainer.byte_fallback}): only tokenizers "
             "trained by `python -m data_pipeline.tokenizer` export."
@@ -138,9 +139,9 @@ def _read_json(path: str) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise DataError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
+        raise DataError(f"{path} does not hold a JSON object")
     return value
 
 
@@ -150,18 +151,18 @@ def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], dict[str, Any]]:
     spec = _read_json(path)
     model = spec.get("model") or {}
     if model.get("type") != "WordPiece":
-        raise ValueError(
+        raise DataError(
             f"{path} holds a {model.get('type')} model and no vocab.txt or sentencepiece .model "
             "is beside it: only WordPiece (BERT) or this project's sentencepiece tokenizers import."
         )
     if model.get("continuing_subword_prefix", "##") != wordpiece.CONTINUATION:
-        raise ValueError(f"{path}: WordPiece continuation prefix must be '##'")
+        raise DataError(f"{path}: WordPiece continuation prefix must be '##'")
     vocab = {**model["vocab"], **{t["content"]: t["id"] for t in spec.get("added_tokens", [])}}
     if sorted(vocab.values()) != list(range(len(vocab))):
-        raise ValueError(f"{path}: token ids are not 0..{len(vocab) - 1} without gaps")
+        raise DataError(f"{path}: token ids are not 0..{len(vocab) - 1} without gaps")
     normalizer = spec.get("normalizer") or {}
     if normalizer and normalizer.get("type") != "BertNormalizer":
-        raise ValueError(
+        raise DataError(
             f"{path}: normalizer {normalizer.get('type')!r} is not BERT's: it cannot be reproduced"
         )
     options = {"unk_token": model.get("unk_token", "[UNK]")}
@@ -190,20 +191,20 @@ def import_tokenizer(hf_dir: str, workdir: str, embedding_rows: int) -> Tokenize
     if sentencepiece and not os.path.isfile(vocab_txt):
         source = os.path.join(hf_dir, sentencepiece[0])
         try:
-            tokenizer = tokenizer_lib.Tokenizer(source)  # Checks our special-token layout.
-        except ValueError as e:
-            raise ValueError(f"{e} (only this project's sentencepiece layout imports)") from None
+            tokenizer = unigram.SentencePieceTokenizer(source)  # Checks our special-token layout.
+        except DataError as e:
+            raise DataError(f"{e} (only this project's sentencepiece layout imports)") from None
         if tokenizer.vocab_size != embedding_rows:
-            raise ValueError(
+            raise DataError(
                 f"{source} has {tokenizer.vocab_size} pieces but the checkpoint "
                 f"{embedding_rows} embedding rows: they do not belong together."
             )
         target = str(workdir_lib.tokenizer_path(workdir))
         shutil.copyfile(source, target)
-        return tokenizer_lib.Tokenizer(target)
+        return unigram.SentencePieceTokenizer(target)
 
     if not os.path.isfile(vocab_txt) and not os.path.isfile(tokenizer_json):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{hf_dir} holds no tokenizer: expected vocab.txt, tokenizer.json or a sentencepiece "
             f"model ({', '.join(SENTENCEPIECE_NAMES)})."
         )
@@ -219,7 +220,7 @@ def import_tokenizer(hf_dir: str, workdir: str, embedding_rows: int) -> Tokenize
         source = wordpiece.WordPieceTokenizer(vocab_txt)  # Validates the special tokens.
         pieces = [source.id_to_piece(i) for i in range(source.vocab_size)]
     if len(pieces) > embedding_rows:
-        raise ValueError(
+        raise DataError(
             f"The tokenizer of {hf_dir} has {len(pieces)} tokens but the checkpoint only "
             f"{embedding_rows} embedding rows: they do not belong together."
         )

@@ -26,9 +26,8 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used or written (mismatched model, unreadable, disk full)."""
+from pretrain.models.params import path_name
+from pretrain.training.errors import CheckpointError
 
 
 class Checkpointer:
@@ -165,7 +164,8 @@ class Checkpointer:
             step, reason = broken[0]
             raise CheckpointError(
                 f"no checkpoint in {self.directory} can be restored; the newest, step {step}, "
-                f"fails with: {reason}. Move the step folders elsewhere to start from scratch."
+                f"fails with: {reason}. Resume from a copy of the workdir made before the "
+                "damage, or start a new run with a new --workdir."
             )
         return None
 
@@ -198,17 +198,32 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def _save_errors(self, step: int) -> Iterator[None]:
-        """Turns a failed write (tensorstore raises ValueError, the OS OSError) into one line."""
+        """Turns a failed write into one line naming the failure.
+
+        The OS raises OSError; tensorstore, under orbax 0.12, reports the same I/O failures as
+        ValueError with the OS message inside, so both are caught here and nowhere else.
+        """
         try:
             yield
         except (OSError, ValueError) as e:
             self._in_flight = None
+            reason = _reason(e)
             complete = ", ".join(map(str, self.all_steps())) or "none"
             raise CheckpointError(
-                f"could not save checkpoint step {step} in {self.directory} ({_reason(e)}); free "
-                f"disk space or fix permissions, then rerun to resume from the newest complete "
-                f"checkpoint (complete steps: {complete})."
+                f"could not save checkpoint step {step} in {self.directory}: {reason}. "
+                f"{_fix_for(reason)}Rerun to resume from the newest complete checkpoint "
+                f"(complete steps: {complete})."
             ) from e
+
+
+def _fix_for(reason: str) -> str:
+    """The fix for a failed write when its cause says what it is; nothing when it does not."""
+    lowered = reason.lower()
+    if "no space left" in lowered or "file too large" in lowered or "quota" in lowered:
+        return "Free disk space (or lower config.keep_checkpoints). "
+    if "permission denied" in lowered or "read-only file system" in lowered:
+        return "Make the workdir writable. "
+    return ""
 
 
 def check_shapes(saved_metadata: Any, abstract_state: Any, step: int) -> None:
@@ -217,9 +232,9 @@ def check_shapes(saved_metadata: Any, abstract_state: Any, step: int) -> None:
         return
     saved = dict(jax.tree_util.tree_flatten_with_path(_shape_tree(saved_metadata))[0])
     wanted = jax.tree_util.tree_flatten_with_path(_shape_tree(abstract_state))[0]
-    saved_by_name = {_path_name(p): s for p, s in saved.items()}
+    saved_by_name = {path_name(p): s for p, s in saved.items()}
     for path, shape in wanted:
-        name = _path_name(path)
+        name = path_name(path)
         if name in saved_by_name and saved_by_name[name] != shape:
             raise CheckpointError(
                 f"checkpoint step {step} does not match the model: {name} has shape "
@@ -269,12 +284,3 @@ def _reason(error: BaseException) -> str:
 def _shape_tree(tree: Any) -> Any:
     # Shapes as strings: a tuple would itself be flattened as a pytree.
     return jax.tree.map(lambda x: str(tuple(getattr(x, "shape", ()))), tree)
-
-
-def _path_name(path: tuple[Any, ...]) -> str:
-    parts = []
-    for k in path:
-        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
-        if name is not None and name != "value":
-            parts.append(str(name))
-    return "/".join(parts)

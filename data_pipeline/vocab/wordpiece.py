@@ -1,6 +1,6 @@
 """BERT's WordPiece tokenizer (a `vocab.txt`), in pure Python, for models imported from HF.
 
-Same interface as `data_pipeline.tokenizer.Tokenizer`, so the data pipeline, masking and
+Satisfies `data_pipeline.vocab.Tokenizer`, so the data pipeline, masking and
 fine-tuning run unchanged on a Hugging Face BERT vocabulary. Text goes through BERT's basic
 tokenizer, then greedy longest-match-first WordPiece, as google-research/bert and Hugging Face's
 `BertTokenizer` do:
@@ -24,12 +24,14 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from data_pipeline import files
+from data_pipeline.errors import DataError, MissingInputError
 
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"  # Hugging Face's name; holds the options below.
@@ -90,19 +92,11 @@ def write_vocab(directory: str, pieces: Sequence[str], options: Mapping[str, Any
     """
     bad = [p for p in pieces if "\n" in p or "\r" in p]
     if bad:
-        raise ValueError(f"WordPiece pieces {bad[:3]} hold line breaks: they cannot be stored")
+        raise DataError(f"WordPiece pieces {bad[:3]} hold line breaks: they cannot be stored")
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(dict(options), f, indent=2)
+    files.write_text(os.path.join(directory, CONFIG_FILE), json.dumps(dict(options), indent=2))
     vocab_path = os.path.join(directory, VOCAB_FILE)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(piece + "\n" for piece in pieces))
-        os.replace(tmp, vocab_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    files.write_text(vocab_path, "".join(piece + "\n" for piece in pieces))
     return vocab_path
 
 
@@ -123,7 +117,7 @@ class WordPieceTokenizer:
         follows `lower_case`, as in BERT.
         """
         if not os.path.isfile(vocab_path):
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"WordPiece vocabulary {vocab_path!r} not found: point at a BERT vocab.txt"
             )
         with open(vocab_path, encoding="utf-8") as f:
@@ -147,7 +141,7 @@ class WordPieceTokenizer:
         }
         missing = [name for name in self.special_tokens.values() if name not in self._ids]
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"WordPiece vocabulary {vocab_path!r} lacks the special tokens {missing}: BERT "
                 f"needs {list(self.special_tokens.values())} in it"
             )
@@ -170,7 +164,7 @@ class WordPieceTokenizer:
             with open(path, encoding="utf-8") as f:
                 options = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}): fix or remove it") from None
+            raise DataError(f"{path} is not valid JSON ({e}): fix or remove it") from None
         return options if isinstance(options, dict) else {}
 
     def _options_json(self) -> str:

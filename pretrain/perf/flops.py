@@ -28,6 +28,8 @@ import re
 
 import ml_collections
 
+from data_pipeline.errors import ConfigError
+
 # Dense peak FLOP/s per device (no sparsity), from vendor datasheets. JAX reports one device per
 # TPU chip (v4 and later: megacore) and one per GPU. The 'float32' column is the peak at JAX's
 # default matmul precision, which computes float32 matmuls with bf16 passes on TPU and TF32
@@ -115,7 +117,7 @@ def peak_flops_per_device(device_kind: str, dtype: str, configured: float = 0.0)
     if configured and configured > 0:
         return float(configured)
     if dtype not in ("bfloat16", "float32"):
-        raise ValueError(f"dtype={dtype!r}: MFU peaks exist for 'bfloat16' and 'float32' only.")
+        raise ConfigError(f"dtype={dtype!r}: MFU peaks exist for 'bfloat16' and 'float32' only.")
     kind = device_kind.strip().lower()
     for pattern, bf16, fp32 in _PEAKS:
         if re.search(pattern, kind):

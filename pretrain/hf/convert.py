@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.model import BertConfig
+from data_pipeline.errors import DataError
+from pretrain.models.config import ARCHITECTURE_FIELDS, EncoderConfig
 
 HEADS = ("pretraining", "classification", "none")
 
@@ -70,12 +71,12 @@ def _table(hf: str, path: tuple, rows: int, size: int) -> _Tensor:
     return _Tensor(f"{hf}.weight", (*path, "embedding"), (rows, size), (rows, size), False)
 
 
-def _tensors(config: BertConfig, heads: str, num_labels: int = 0) -> list[_Tensor]:
+def _tensors(config: EncoderConfig, heads: str, num_labels: int = 0) -> list[_Tensor]:
     """Every parameter of the model with the given heads, in HF state-dict order."""
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     n, d = config.num_attention_heads, config.head_dim
     max_pos, types = config.max_position_embeddings, config.type_vocab_size
-    emb = ("bert", "embeddings")
+    emb = ("encoder", "embeddings")
     out = [
         _table("bert.embeddings.word_embeddings", (*emb, "word_embeddings"), v, h),
         _table("bert.embeddings.position_embeddings", (*emb, "position_embeddings"), max_pos, h),
@@ -83,7 +84,7 @@ def _tensors(config: BertConfig, heads: str, num_labels: int = 0) -> list[_Tenso
         *_layer_norm("bert.embeddings.LayerNorm", (*emb, "layer_norm"), h),
     ]
     for layer in range(config.num_hidden_layers):
-        hf, path = f"bert.encoder.layer.{layer}", ("bert", "layers", layer)
+        hf, path = f"bert.encoder.layer.{layer}", ("encoder", "layers", layer)
         attn = (*path, "attention")
         for name in ("query", "key", "value"):
             out += _linear(f"{hf}.attention.self.{name}", (*attn, name), h, h, (h, n, d), (n, d))
@@ -92,7 +93,7 @@ def _tensors(config: BertConfig, heads: str, num_labels: int = 0) -> list[_Tenso
         out += _linear(f"{hf}.intermediate.dense", (*path, "mlp_in"), h, i)
         out += _linear(f"{hf}.output.dense", (*path, "mlp_out"), i, h)
         out += _layer_norm(f"{hf}.output.LayerNorm", (*path, "mlp_norm"), h)
-    out += _linear("bert.pooler.dense", ("bert", "pooler"), h, h)
+    out += _linear("bert.pooler.dense", ("encoder", "pooler"), h, h)
     if heads == "pretraining":
         out += _linear("cls.predictions.transform.dense", ("mlm_head", "transform"), h, h)
         out += _layer_norm("cls.predictions.transform.LayerNorm", ("mlm_head", "layer_norm"), h)
@@ -116,15 +117,15 @@ def _detect_heads(params: Mapping[str, Any]) -> str:
     return "none"
 
 
-def to_hf_state_dict(params: Mapping[str, Any], config: BertConfig) -> dict[str, np.ndarray]:
+def to_hf_state_dict(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
     """Our parameter pure dict -> HF state dict (float32 numpy).
 
     The heads follow the tree: 'mlm_head'/'nsp_head' give `BertForPreTraining` names (with the
     tied `cls.predictions.decoder.weight/bias` included, so `load_state_dict(strict=True)`
     works), 'classifier' gives `BertForSequenceClassification` names, neither gives `bert.*` only.
     """
-    if "bert" not in params:
-        raise ValueError("Parameters have no 'bert' subtree: pass nnx.to_pure_dict(params).")
+    if "encoder" not in params:
+        raise ValueError("Parameters have no 'encoder' subtree: pass nnx.to_pure_dict(params).")
     heads = _detect_heads(params)
     num_labels = np.shape(params["classifier"]["kernel"])[-1] if heads == "classification" else 0
     state_dict = {}
@@ -165,13 +166,13 @@ def _normalize_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_hf_state_dict(
-    state_dict: Mapping[str, Any], config: BertConfig, *, heads: str = "pretraining"
+    state_dict: Mapping[str, Any], config: EncoderConfig, *, heads: str = "pretraining"
 ) -> dict[str, Any]:
     """HF state dict (numpy arrays) -> our parameter pure dict (numpy, config.param_dtype).
 
     heads: 'pretraining' (BertForPreTraining: needs the `cls.*` tensors), 'classification'
     (BertForSequenceClassification: needs `classifier.*`, num_labels from its shape) or 'none'
-    (the `bert` subtree only, e.g. to initialize a classifier's encoder). Tensors the target does
+    (the `encoder` subtree only, e.g. to initialize a classifier's encoder). Tensors the target does
     not use are ignored. Load the result with `nnx.replace_by_pure_dict(state, params)`.
     """
     _check_heads(heads)
@@ -181,18 +182,18 @@ def from_hf_state_dict(
     num_labels = 0
     if heads == "classification":
         if "classifier.weight" not in sd:
-            raise ValueError("Tensor 'classifier.weight' is missing from the HF state dict.")
+            raise DataError("Tensor 'classifier.weight' is missing from the HF state dict.")
         num_labels = np.shape(sd["classifier.weight"])[0]
     params: dict[str, Any] = {}
     for t in _tensors(config, heads, num_labels):
         if t.hf_name not in sd:
-            raise ValueError(
+            raise DataError(
                 f"Tensor {t.hf_name!r} (expected shape {t.hf_shape}) is missing from the HF "
                 "state dict: check that the checkpoint and config describe the same model."
             )
         x = np.asarray(sd[t.hf_name])
         if x.shape != t.hf_shape:
-            raise ValueError(
+            raise DataError(
                 f"Tensor {t.hf_name!r} has shape {x.shape}, the config expects {t.hf_shape}: "
                 "check that the checkpoint and config describe the same model."
             )
@@ -209,7 +210,7 @@ def _resolve_tied_decoder(sd: dict[str, Any]) -> None:
     embeddings = sd.get("bert.embeddings.word_embeddings.weight")
     if decoder is not None and embeddings is not None:
         if not np.array_equal(np.asarray(decoder), np.asarray(embeddings)):
-            raise ValueError(
+            raise DataError(
                 "Tensor 'cls.predictions.decoder.weight' differs from the word embeddings: "
                 "untied MLM decoders are not supported (export with tie_word_embeddings=True)."
             )
@@ -218,13 +219,13 @@ def _resolve_tied_decoder(sd: dict[str, Any]) -> None:
         if "cls.predictions.bias" not in sd:
             sd["cls.predictions.bias"] = bias
         elif not np.array_equal(np.asarray(bias), np.asarray(sd["cls.predictions.bias"])):
-            raise ValueError(
+            raise DataError(
                 "Tensors 'cls.predictions.decoder.bias' and 'cls.predictions.bias' differ: "
                 "the checkpoint is not a standard BertForPreTraining."
             )
 
 
-def bert_config_to_hf(config: BertConfig) -> dict[str, Any]:
+def bert_config_to_hf(config: EncoderConfig) -> dict[str, Any]:
     """A `config.json` dict that `transformers.BertConfig` (and `from_pretrained`) accepts."""
     return {
         "architectures": ["BertForPreTraining"],
@@ -248,34 +249,29 @@ def bert_config_to_hf(config: BertConfig) -> dict[str, Any]:
 
 
 def bert_config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
-    """HF `config.json` dict -> `BertConfig` keyword arguments (architecture fields only)."""
+    """HF `config.json` dict -> `EncoderConfig` keyword arguments (architecture fields only)."""
     if hf_config.get("model_type", "bert") != "bert":
-        raise ValueError(
+        raise DataError(
             f"HF config model_type={hf_config['model_type']!r}: only 'bert' checkpoints convert."
         )
     position_type = hf_config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
-        raise ValueError(
+        raise DataError(
             f"HF config position_embedding_type={position_type!r}: only absolute (learned) "
             "positions are supported."
         )
     act = hf_config.get("hidden_act", "gelu")
     if act not in _ACT_FROM_HF:
-        raise ValueError(
+        raise DataError(
             f"HF config hidden_act={act!r} is not supported: use one of {', '.join(_ACT_FROM_HF)}."
         )
-    fields = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "max_position_embeddings",
-        "type_vocab_size",
+    # The integer architecture fields: HF's BertConfig names them as we do.
+    fields = ("vocab_size",) + tuple(
+        f for f in ARCHITECTURE_FIELDS if isinstance(getattr(EncoderConfig(), f), int)
     )
     missing = [f for f in fields if f not in hf_config]
     if missing:
-        raise ValueError(f"HF config lacks {', '.join(missing)}: is it a BERT config.json?")
+        raise DataError(f"HF config lacks {', '.join(missing)}: is it a BERT config.json?")
     kwargs = {f: int(hf_config[f]) for f in fields}
     kwargs["hidden_act"] = _ACT_FROM_HF[act]
     # HF defaults for the optional fields.

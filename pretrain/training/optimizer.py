@@ -13,9 +13,20 @@ import jax
 import ml_collections
 import optax
 
+from data_pipeline.errors import ConfigError
+from pretrain.models.params import path_parts
+
 # Parameter leaf names that receive weight decay: matrices and embedding tables. Biases,
 # LayerNorm scales and the MLM output bias do not (original BERT's exclusion list).
 DECAYED_LEAF_NAMES = ("kernel", "embedding")
+
+
+def warmup_steps(opt_config: ml_collections.ConfigDict, num_train_steps: int) -> int:
+    """`warmup_steps`, or where it is -1 (fine-tuning), `warmup_fraction` of the run."""
+    warmup = int(opt_config.warmup_steps)
+    if warmup == -1 and "warmup_fraction" in opt_config:
+        return round(float(opt_config.warmup_fraction) * num_train_steps)
+    return warmup
 
 
 def learning_rate_schedule(
@@ -23,11 +34,11 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """Linear warmup from 0 to the peak, then linear/polynomial decay (or constant) to the end."""
     peak = float(opt_config.learning_rate)
-    warmup = int(opt_config.warmup_steps)
+    warmup = warmup_steps(opt_config, num_train_steps)
     if peak <= 0:
-        raise ValueError(f"config.optimizer.learning_rate must be > 0, got {peak}.")
+        raise ConfigError(f"config.optimizer.learning_rate must be > 0, got {peak}.")
     if warmup < 0:
-        raise ValueError(f"config.optimizer.warmup_steps must be >= 0, got {warmup}.")
+        raise ConfigError(f"config.optimizer.warmup_steps must be >= 0, got {warmup}.")
     warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
     decay_steps = max(num_train_steps - warmup, 1)
     if opt_config.decay in ("linear", "polynomial"):
@@ -38,7 +49,7 @@ def learning_rate_schedule(
     elif opt_config.decay == "constant":
         decay_fn = optax.constant_schedule(peak)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"config.optimizer.decay must be 'linear', 'polynomial' or 'constant', "
             f"got {opt_config.decay!r}."
         )
@@ -49,17 +60,20 @@ def weight_decay_mask(params: Any) -> Any:
     """True for the leaves that get weight decay (kernels and embedding tables)."""
 
     def decayed(path: tuple[Any, ...], _: Any) -> bool:
-        names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-        names = [n for n in names if isinstance(n, str) and n != "value"]
+        names = path_parts(path)
         return bool(names) and names[-1] in DECAYED_LEAF_NAMES
 
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(
-    opt_config: ml_collections.ConfigDict, num_train_steps: int
+    opt_config: ml_collections.ConfigDict, num_train_steps: int, num_layers: int = 0
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optimizer named by `config.optimizer.name`, with clipping, and its schedule."""
+    """The optimizer named by `config.optimizer.name`, with clipping, and its schedule.
+
+    With `optimizer.layerwise_lr_decay` below 1 (a fine-tuning key) each of the `num_layers`
+    encoder layers gets its own rate (`scale_by_layerwise_lr_decay`).
+    """
     schedule = learning_rate_schedule(opt_config, num_train_steps)
     common = dict(
         learning_rate=schedule,
@@ -74,24 +88,27 @@ def make_optimizer(
     elif opt_config.name == "lamb":
         tx = optax.lamb(**common)
     else:
-        raise ValueError(
+        raise ConfigError(
             f"config.optimizer.name must be 'adamw' or 'lamb', got {opt_config.name!r}."
         )
     if float(opt_config.max_grad_norm) > 0:
         tx = optax.chain(optax.clip_by_global_norm(float(opt_config.max_grad_norm)), tx)
+    decay = float(opt_config.get("layerwise_lr_decay", 1.0))
+    if decay != 1.0:
+        tx = optax.chain(tx, scale_by_layerwise_lr_decay(decay, num_layers))
     return tx, schedule
 
 
 def layer_depth(path: tuple[Any, ...], num_layers: int) -> int:
-    """Depth of a BERT parameter for layer-wise learning-rate decay.
+    """Depth of a parameter for layer-wise learning-rate decay.
 
-    Embeddings are depth 0, encoder layer i is i + 1, and everything above the encoder (pooler,
-    task heads) is num_layers + 1.
+    Embeddings are depth 0, encoder layer i is i + 1, and everything above the layers (final
+    norm, pooler, task heads) is num_layers + 1.
     """
-    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    if names[:2] == ["bert", "embeddings"]:
+    names = path_parts(path)
+    if names[:2] == ("encoder", "embeddings"):
         return 0
-    if names[:2] == ["bert", "layers"]:
+    if names[:2] == ("encoder", "layers"):
         return int(names[2]) + 1
     return num_layers + 1
 
@@ -104,7 +121,7 @@ def scale_by_layerwise_lr_decay(decay: float, num_layers: int) -> optax.Gradient
     `decay` times less (ELECTRA, Clark et al. 2020). The multipliers are static, so no state.
     """
     if not 0.0 < decay <= 1.0:
-        raise ValueError(f"config.optimizer.layerwise_lr_decay must be in (0, 1], got {decay}.")
+        raise ConfigError(f"config.optimizer.layerwise_lr_decay must be in (0, 1], got {decay}.")
 
     def update_fn(updates, state, params=None):
         del params

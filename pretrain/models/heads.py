@@ -1,0 +1,133 @@
+"""Task models: an encoder with the heads a task trains, each configured by its constructor.
+
+* `PreTrainingModel`: masked-LM head (tied decoder) and, for BERT, the next-sentence head;
+* `SequenceClassifier`: pooled output -> dropout -> linear layer (num_outputs = labels, or 1 for
+  regression).
+
+The encoder is always the `encoder` attribute, so every task's parameters hold the same
+`encoder/...` subtree: fine-tuning restores it from a pretraining checkpoint by that name.
+Every returned logit is float32.
+
+Shape letters: B batch, S sequence, P masked positions, H hidden, V vocabulary, C outputs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pretrain.models import layers
+from pretrain.models.bert import BertEncoder
+from pretrain.models.config import EncoderConfig
+
+ENCODERS = {"bert": BertEncoder}
+
+
+def make_encoder(cfg: EncoderConfig, rngs: nnx.Rngs) -> nnx.Module:
+    return ENCODERS["bert"](cfg, rngs=rngs)
+
+
+def linear_head(cfg: EncoderConfig, num_outputs: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """[H] -> [C]; a tiny matmul, computed in float32."""
+    h = cfg.hidden_size
+    return layers.dense(cfg, h, num_outputs, ("embed", "classes"), rngs=rngs, dtype=jnp.float32)
+
+
+class MlmHead(nnx.Module):
+    """dense -> act -> LayerNorm, then the decoder tied to the word embeddings plus a bias."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        h = cfg.hidden_size
+        self.transform = layers.dense(cfg, h, h, ("embed", "embed"), rngs=rngs)
+        self.layer_norm = layers.layer_norm(cfg, rngs)
+        self.bias = nnx.Param(
+            layers.zeros("vocab")(rngs.params(), (cfg.vocab_size,), cfg.param_dtype)
+        )
+
+    def __call__(self, x: jax.Array, word_embeddings: jax.Array) -> jax.Array:
+        """x [B, P, H], word_embeddings [V, H] -> logits [B, P, V] float32."""
+        h = self.transform(x)
+        h = self.layer_norm(layers.activation(self.cfg, h)).astype(self.cfg.dtype)
+        logits = jnp.einsum(
+            "bph,vh->bpv",
+            h,
+            word_embeddings.astype(self.cfg.dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return logits + self.bias[...].astype(jnp.float32)
+
+
+class PreTrainingModel(nnx.Module):
+    """The encoder with the masked-LM and next-sentence-prediction heads."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = make_encoder(cfg, rngs)
+        self.mlm_head = MlmHead(cfg, rngs=rngs)
+        self.nsp_head = linear_head(cfg, 2, rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        input_mask: jax.Array,
+        segment_ids: jax.Array,
+        masked_lm_positions: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """[B, S] ids/mask/segments, [B, P] positions -> (mlm [B, P, V], nsp [B, 2]) float32.
+
+        `rngs` needs a 'dropout' stream when deterministic=False.
+        """
+        check_rngs(self.cfg, deterministic, rngs)
+        x = self.encoder(
+            input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs
+        )  # [B, S, H]
+        nsp_logits = self.nsp_head(self.encoder.pool(x, input_mask))  # [B, 2]
+        # Project only the P masked positions to the vocabulary, not all S.
+        x = jnp.take_along_axis(x, masked_lm_positions[..., None], axis=1)  # [B, P, H]
+        mlm_logits = self.mlm_head(x, self.encoder.word_embeddings)  # [B, P, V]
+        return mlm_logits, nsp_logits
+
+
+class SequenceClassifier(nnx.Module):
+    """Encoder, pooled output, dropout, and a linear layer: logits (or a score) per sequence."""
+
+    def __init__(
+        self, cfg: EncoderConfig, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs
+    ):
+        """num_outputs: the number of classes (>= 2), or 1 for a regression score."""
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs={num_outputs} must be positive.")
+        self.cfg = cfg
+        self.encoder = make_encoder(cfg, rngs)
+        self.dropout = nnx.Dropout(dropout_rate)
+        self.classifier = linear_head(cfg, num_outputs, rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        input_mask: jax.Array,
+        segment_ids: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """[B, S] ids/mask/segments -> [B, C] float32."""
+        check_rngs(self.cfg, deterministic, rngs, self.dropout.rate > 0)
+        x = self.encoder(input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs)
+        pooled = self.encoder.pool(x, input_mask)  # [B, H]
+        pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
+        return self.classifier(pooled)
+
+
+def check_rngs(
+    cfg: EncoderConfig, deterministic: bool, rngs: nnx.Rngs | None, head_dropout: bool = False
+) -> None:
+    if not deterministic and (cfg.uses_dropout or head_dropout) and rngs is None:
+        raise ValueError(
+            "deterministic=False needs rngs with a dropout stream: pass rngs=nnx.Rngs(dropout=key)."
+        )

@@ -1,0 +1,196 @@
+"""Building blocks shared by the encoders: initializers with logical axes, dense and norm layers,
+and multi-head attention over a mask.
+
+Every parameter is created through `param_init`, which records its logical axis names as Flax
+NNX sharding metadata (`nnx.with_partitioning`); `pretrain/training/sharding.py` maps them to mesh
+axes with the config's rules (`nnx.get_partition_spec` under `logical_axis_rules`). The names:
+
+    vocab  embedding rows        embed  the residual width H   heads  attention heads N
+    kv     per-head width D      mlp    the MLP width I        norm   LayerNorm scale and bias
+    classes  task outputs
+
+Shape letters: B batch, S sequence, H hidden (embed), N heads, D head dim, I intermediate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pretrain.models.config import EncoderConfig
+
+
+def param_init(init: Callable, *axes: str | None) -> Callable:
+    """`init` with the parameter's logical axis names as NNX sharding metadata.
+
+    eager_sharding=False: parameters are placed by the jitted init's out_shardings (computed from
+    this metadata and the config's rules), not at creation, so models build outside any mesh.
+    """
+    return nnx.with_partitioning(init, axes, eager_sharding=False)
+
+
+def normal(cfg: EncoderConfig, *axes: str | None) -> Callable:
+    """Truncated normal (+-2 std, as TF BERT) of `cfg.initializer_range`."""
+    return param_init(jax.nn.initializers.truncated_normal(stddev=cfg.initializer_range), *axes)
+
+
+def zeros(*axes: str | None) -> Callable:
+    return param_init(jax.nn.initializers.zeros, *axes)
+
+
+def dense(
+    cfg: EncoderConfig,
+    in_features: int,
+    out_features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    rngs: nnx.Rngs,
+    dtype: Any = None,
+) -> nnx.Linear:
+    """A Linear layer whose bias is labelled by its output axis."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=normal(cfg, *axes),
+        bias_init=zeros(axes[1]),
+        dtype=cfg.dtype if dtype is None else dtype,
+        param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )
+
+
+def layer_norm(cfg: EncoderConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over H; computes (and returns) float32 whatever the compute dtype."""
+    return nnx.LayerNorm(
+        cfg.hidden_size,
+        epsilon=cfg.layer_norm_eps,
+        dtype=jnp.float32,
+        param_dtype=cfg.param_dtype,
+        scale_init=param_init(jax.nn.initializers.ones, "norm"),
+        bias_init=zeros("norm"),
+        rngs=rngs,
+    )
+
+
+def activation(cfg: EncoderConfig, x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=cfg.hidden_act == "gelu_tanh")
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention over the keys a mask allows, then the output projection."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        n, d = cfg.num_attention_heads, cfg.head_dim
+
+        def qkv() -> nnx.LinearGeneral:
+            return nnx.LinearGeneral(
+                cfg.hidden_size,
+                (n, d),
+                kernel_init=normal(cfg, "embed", "heads", "kv"),  # [H, N, D]
+                bias_init=zeros("heads", "kv"),  # [N, D]
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                rngs=rngs,
+            )
+
+        self.query = qkv()
+        self.key = qkv()
+        self.value = qkv()
+        self.output = nnx.LinearGeneral(
+            (n, d),
+            cfg.hidden_size,
+            axis=(-2, -1),
+            kernel_init=normal(cfg, "heads", "kv", "embed"),  # [N, D, H]
+            bias_init=zeros("embed"),  # [H]
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            rngs=rngs,
+        )
+        self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
+
+    def __call__(
+        self, x: jax.Array, input_mask: jax.Array, *, deterministic: bool, rngs
+    ) -> jax.Array:
+        """x [B, S, H], input_mask [B, S] (1 = real token) -> [B, S, H]."""
+        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, S, N, D] each
+        y = attend(
+            self.cfg, q, k, v, input_mask, self.dropout, deterministic=deterministic, rngs=rngs
+        )
+        return self.output(y)  # [B, S, H]
+
+
+def attend(
+    cfg: EncoderConfig,
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    input_mask: jax.Array,
+    dropout: nnx.Dropout,
+    *,
+    deterministic: bool,
+    rngs,
+) -> jax.Array:
+    """Softmax(q k^T / sqrt(D)) v over the real (unpadded) keys: [B, S, N, D] -> [B, S, N, D].
+
+    `cfg.attention_impl` picks the kernel; with attention dropout active only the einsum path
+    can apply it, so it runs whatever the setting.
+    """
+    dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0
+    if cfg.attention_impl == "einsum" or dropout_active:
+        return _einsum_attention(cfg, q, k, v, input_mask, dropout, deterministic, rngs)
+    if cfg.attention_impl == "cudnn":
+        # cuDNN's fused kernel masks by key length (BERT padding is a suffix). A fully padded
+        # row (eval padding) keeps one key so its output stays finite.
+        lengths = jnp.maximum(jnp.sum(input_mask, axis=-1, dtype=jnp.int32), 1)  # [B]
+        return jax.nn.dot_product_attention(
+            q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+        )
+    # The XLA path computes scores in float32 and the softmax in float32 for bf16 inputs.
+    mask = input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
+def _einsum_attention(cfg, q, k, v, input_mask, dropout, deterministic, rngs) -> jax.Array:
+    """Reference attention with the softmax in float32 and dropout on the probabilities."""
+    scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
+    scores *= 1.0 / np.sqrt(cfg.head_dim)  # [B, N, S, S]
+    mask = input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
+    # A large finite negative (not -inf) keeps fully padded rows finite (uniform weights).
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = dropout(probs, deterministic=deterministic, rngs=rngs)
+    return jnp.einsum("bnts,bsnd->btnd", probs.astype(cfg.dtype), v)  # [B, S, N, D]
+
+
+REMAT_POLICIES = {
+    "full": None,  # Save nothing: recompute the whole layer in the backward pass.
+    # Save dense-layer outputs; recompute attention scores (batched matmuls), GELU, LayerNorm.
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def _apply_layer(layer: nnx.Module, x: jax.Array, aux: Any, deterministic: bool, rngs):
+    return layer(x, aux, deterministic=deterministic, rngs=rngs)
+
+
+def apply_layers(
+    cfg: EncoderConfig, layers: nnx.List, x: jax.Array, aux: Any, *, deterministic: bool, rngs
+) -> jax.Array:
+    """x -> layer_L(... layer_1(x, aux) ...), rematerialized as `cfg.remat_policy` says.
+
+    `aux` is whatever every layer reads besides x (a mask, rotary tables): a pytree of arrays.
+    """
+    apply = _apply_layer
+    if cfg.remat_policy != "none":
+        apply = nnx.remat(
+            _apply_layer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
+        )
+    for layer in layers:
+        x = apply(layer, x, aux, deterministic, rngs)  # [B, S, H]
+    return x

@@ -1,0 +1,21 @@
+"""Tasks of the one training loop (see `base.py` for what a task defines).
+
+`FINETUNING_TASKS` maps `config.task` of `python -m pretrain.finetune` to its task class; adding
+a fine-tuning task is one new module and one entry here.
+"""
+
+from pretrain.tasks.classification import ClassificationTask
+
+FINETUNING_TASKS = {name: ClassificationTask for name in ClassificationTask.tasks}
+
+
+def finetuning_task(name: str) -> type[ClassificationTask]:
+    """The task class of `config.task`; ConfigError naming the choices for anything else."""
+    from data_pipeline.errors import ConfigError
+
+    if name not in FINETUNING_TASKS:
+        raise ConfigError(
+            f"config.task={name!r} is not a fine-tuning task: use one of "
+            f"{', '.join(sorted(FINETUNING_TASKS))}."
+        )
+    return FINETUNING_TASKS[name]

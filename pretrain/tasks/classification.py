@@ -1,0 +1,148 @@
+"""Sequence classification (and regression) as a fine-tuning task of the one loop.
+
+Data: labelled TSV rows or a TFDS split (`data_pipeline/tasks/classification.py`), the label set
+from the training data, saved in WORKDIR/labels.json. Model: the encoder's pooled output, dropout
+and a linear layer (`heads.SequenceClassifier`). Loss: cross-entropy (or squared error for
+`config.task='regression'`) summed over real examples, divided by their count in the global
+batch. Eval: accuracy and macro-F1 (plus F1 and MCC for two classes), or Pearson/Spearman.
+WORKDIR/best keeps the checkpoint with the best `config.best_metric`; WORKDIR/predictions.tsv
+holds the eval predictions at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+from flax import nnx
+
+from data_pipeline.tasks import classification as data
+from pretrain.models.heads import SequenceClassifier
+from pretrain.tasks import classification_metrics
+from pretrain.tasks.base import Batch, Sums
+from pretrain.tasks.finetuning import FinetuningTask, load_labels, resolve_model_config, save_labels
+from pretrain.training.errors import ConfigError
+
+PREDICTIONS_FILE = "predictions.tsv"
+
+
+def best_metric(config: ml_collections.ConfigDict, labels: list[str]) -> str:
+    """config.best_metric, or the task's default; ConfigError if the task does not report it."""
+    if not labels:
+        allowed = ("eval_pearson", "eval_spearman")
+    else:
+        allowed = ("eval_accuracy", "eval_macro_f1") + (
+            ("eval_f1", "eval_mcc") if len(labels) == 2 else ()
+        )
+    name = config.best_metric or allowed[0]
+    if name not in allowed:
+        raise ConfigError(
+            f"config.best_metric={name!r} is not reported for this task: use one of {allowed}."
+        )
+    return name
+
+
+class ClassificationTask(FinetuningTask):
+    """Labels (or a score) per sequence or sequence pair."""
+
+    tasks = ("classification", "regression")
+
+    def __init__(self, config, model_config, pretrained_step, dataset: data.ClassificationData):
+        super().__init__(config, model_config, pretrained_step)
+        self.dataset = dataset
+        self.labels = dataset.labels  # [] for regression.
+        self.regression = not self.labels
+        self.train_data = dataset.train
+        self.eval_data = dataset.eval
+        self.best_metric = best_metric(config, self.labels)
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> ClassificationTask:
+        tokenizer, step, pretrained = cls.prepare(config, workdir)
+        dataset = data.build_datasets(
+            config.data,
+            tokenizer,
+            task=config.task,
+            seed=config.seed,
+            global_batch_size=config.global_batch_size,
+            eval_batch_size=config.eval_batch_size,
+            labels=load_labels(workdir, config.task),
+        )
+        save_labels(workdir, config.task, dataset.labels)
+        model_config = resolve_model_config(config, tokenizer.vocab_size, pretrained)
+        return cls(config, model_config, step, dataset)
+
+    def make_model(self, rngs: nnx.Rngs) -> SequenceClassifier:
+        num_outputs = len(self.labels) or 1
+        dropout = self.config.classifier_dropout
+        return SequenceClassifier(self.model_config, num_outputs, dropout_rate=dropout, rngs=rngs)
+
+    def _outputs(self, model: SequenceClassifier, batch: Batch, rngs) -> jax.Array:
+        """[B, C] float32 (C = 1 for regression)."""
+        return model(
+            batch["input_ids"],
+            batch["input_mask"],
+            batch["segment_ids"],
+            deterministic=rngs is None,
+            rngs=rngs,
+        )
+
+    def _sums(self, outputs: jax.Array, batch: Batch) -> Sums:
+        """Sums over the batch of the weighted loss (cross-entropy or squared error) and hits."""
+        weights = batch["example_weight"]  # [B]
+        if self.regression:
+            error = outputs[:, 0] - batch["label"]
+            # where(): a weight-0 padding row contributes 0 even if its output is not finite.
+            return {"loss_sum": jnp.sum(jnp.where(weights > 0, weights * error**2, 0.0))}
+        log_probs = jax.nn.log_softmax(outputs, axis=-1)  # [B, C]
+        label_log_probs = jnp.take_along_axis(log_probs, batch["label"][:, None], axis=-1)[:, 0]
+        hits = (jnp.argmax(outputs, axis=-1) == batch["label"]).astype(jnp.float32)
+        return {
+            "loss_sum": jnp.sum(jnp.where(weights > 0, -label_log_probs * weights, 0.0)),
+            "correct": jnp.sum(hits * weights),
+        }
+
+    def loss_weights(self, batch: Batch) -> Sums:
+        return {"examples": jnp.maximum(batch["example_weight"].sum(), 1.0)}
+
+    def loss_sums(self, model: SequenceClassifier, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
+        return self._sums(self._outputs(model, batch, rngs), batch)
+
+    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
+        out = {"loss": sums["loss_sum"] / weights["examples"]}
+        if not self.regression:
+            out["accuracy"] = sums["correct"] / weights["examples"]
+        return out
+
+    def eval_step(self, model: SequenceClassifier, batch: Batch) -> tuple[Sums, dict]:
+        outputs = self._outputs(model, batch, None)
+        return {"loss_sum": self._sums(outputs, batch)["loss_sum"]}, {"logits": outputs}
+
+    def eval_metrics(self, sums: dict[str, Any], outputs: dict[str, np.ndarray]) -> dict:
+        logits = outputs["logits"]
+        gold = self.eval_data.data.labels
+        row = {"eval_loss": float(sums["loss_sum"]) / len(logits)}
+        if self.labels:
+            metrics = classification_metrics.classification_metrics(gold, logits, len(self.labels))
+        else:
+            metrics = classification_metrics.regression_metrics(gold, logits[:, 0])
+        row.update({f"eval_{k}": v for k, v in metrics.items()})
+        return row
+
+    def on_end(self, workdir: epath.Path, outputs: dict[str, np.ndarray] | None) -> None:
+        """`index<TAB>prediction<TAB>label` per eval example (class names, or scores)."""
+        if outputs is None:
+            return
+        logits = outputs["logits"]
+        if self.labels:
+            predicted = [self.labels[i] for i in np.argmax(logits, axis=-1)]
+        else:
+            predicted = [f"{x:.6g}" for x in logits[:, 0]]
+        examples = self.dataset.eval_examples
+        lines = ["index\tprediction\tlabel"]
+        lines += [f"{i}\t{p}\t{g}" for i, (p, g) in enumerate(zip(predicted, examples.label))]
+        (workdir / PREDICTIONS_FILE).write_text("\n".join(lines) + "\n")

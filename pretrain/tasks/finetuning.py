@@ -1,0 +1,180 @@
+"""What every fine-tuning task shares: where its weights and tokenizer come from.
+
+`config.init_from` is a pretraining workdir (newest checkpoint, its saved config, its
+tokenizer). The architecture comes from that checkpoint (`ARCHITECTURE_FIELDS`; a value set in
+the fine-tuning config must agree), and only the `encoder` subtree is read, straight into the
+fine-tuning mesh's shardings (orbax partial restore: the pretraining heads and optimizer moments
+stay on disk). Empty `init_from` trains the same architecture from random weights, with
+`data.tokenizer_model`. WORKDIR/labels.json keeps the task's label set across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from data_pipeline import files, vocab
+from pretrain.models.config import ARCHITECTURE_FIELDS, EncoderConfig
+from pretrain.models.params import named_leaves
+from pretrain.tasks.base import Task
+from pretrain.training import validation
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.errors import CheckpointError, ConfigError, DataError
+from pretrain.training.metrics import status
+from pretrain.training.workdir import (
+    checkpoints_dir,
+    latest_checkpoint,
+    prepare_tokenizer,
+    tokenizer_file,
+)
+
+LABELS_FILE = "labels.json"
+
+
+def resolve_model_config(
+    config: ml_collections.ConfigDict, vocab_size: int, pretrained: Mapping[str, Any] | None
+) -> EncoderConfig:
+    """config.model with the architecture filled in from the checkpoint's saved config.
+
+    A field set in the fine-tuning config that disagrees with the checkpoint is a CheckpointError;
+    unset fields without a checkpoint take EncoderConfig's defaults (BERT-base).
+    """
+    fields = dict(config.model.items())
+    if pretrained is not None:
+        saved = pretrained.get("model", {})
+        for key in ARCHITECTURE_FIELDS:
+            if saved.get(key) is None:
+                continue
+            if fields.get(key) is not None and fields[key] != saved[key]:
+                raise CheckpointError(
+                    f"config.model.{key}={fields[key]} but the checkpoint in {config.init_from} "
+                    f"has {key}={saved[key]}: leave config.model.{key} unset to use the "
+                    "checkpoint's, or init_from a checkpoint of that size."
+                )
+            fields[key] = saved[key]
+    model_config = EncoderConfig.from_config(fields, vocab_size=vocab_size, dtype=config.dtype)
+    if config.data.max_seq_length > model_config.max_position_embeddings:
+        raise ConfigError(
+            f"config.data.max_seq_length={config.data.max_seq_length} exceeds the model's "
+            f"max_position_embeddings={model_config.max_position_embeddings}: lower it."
+        )
+    return model_config
+
+
+def restore_encoder(init_from: str, step: int, abstract_encoder: nnx.State) -> nnx.State:
+    """The `params/encoder` subtree of checkpoint `step`, read straight into its shardings.
+
+    Raises CheckpointError if a parameter is missing or its shape differs (another model size,
+    or another tokenizer's vocabulary).
+    """
+    path = checkpoints_dir(init_from) / str(step) / "state"  # The "state" item of Checkpointer.
+    saved = {
+        name: tuple(m.shape)
+        for name, m in named_leaves(ocp.PyTreeCheckpointHandler().metadata(path).tree).items()
+    }
+    for name, leaf in named_leaves({"params": {"encoder": abstract_encoder}}).items():
+        if name not in saved:
+            raise CheckpointError(
+                f"{path} has no parameter {name}: init_from must be a workdir of "
+                "`pretrain.train` or `pretrain.import_hf` with an encoder of this architecture."
+            )
+        if saved[name] != tuple(leaf.shape):
+            raise CheckpointError(
+                f"{path}: {name} has shape {saved[name]} but the model expects "
+                f"{tuple(leaf.shape)}; the checkpoint does not match its config or its tokenizer "
+                f"({tokenizer_file(init_from)})."
+            )
+    checkpointer = Checkpointer(checkpoints_dir(init_from))
+    try:
+        return checkpointer.restore_params(step, {"encoder": abstract_encoder})["encoder"]
+    finally:
+        checkpointer.close()
+
+
+class FinetuningTask(Task):
+    """A task whose encoder starts from `config.init_from` (or random weights)."""
+
+    kind = "finetuning"
+    tasks: tuple[str, ...] = ()  # The config.task values this class trains.
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        from pretrain.tasks import FINETUNING_TASKS  # The registry imports the task modules.
+
+        validation.check_finetuning(config, FINETUNING_TASKS)
+
+    @staticmethod
+    def prepare(
+        config: ml_collections.ConfigDict, workdir: epath.Path
+    ) -> tuple[vocab.Tokenizer, int | None, dict | None]:
+        """The run's tokenizer (copied into WORKDIR) and init_from's newest (step, config)."""
+        source = config.data.tokenizer_model
+        step, saved_config = None, None
+        if config.init_from:
+            step, saved_config = latest_checkpoint(config.init_from)
+            source = str(tokenizer_file(config.init_from))
+            given = config.data.tokenizer_model
+            if given and epath.Path(given).read_bytes() != epath.Path(source).read_bytes():
+                raise ConfigError(
+                    f"config.data.tokenizer_model differs from {source}, the tokenizer the "
+                    "checkpoint was trained with: leave data.tokenizer_model empty with init_from."
+                )
+        if jax.process_index() == 0:
+            workdir.mkdir(parents=True, exist_ok=True)
+        data_config = ml_collections.ConfigDict({"tokenizer_model": source})
+        return prepare_tokenizer(data_config, workdir), step, saved_config
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        model_config: EncoderConfig,
+        pretrained_step: int | None,
+    ):
+        self.config = config
+        self.model_config = model_config
+        self.pretrained_step = pretrained_step
+        self.seq_len = config.data.max_seq_length
+
+    def initial_params(self, abstract_params: nnx.State) -> dict[str, nnx.State] | None:
+        if self.pretrained_step is None:
+            status("Random init: config.init_from is empty.")
+            return None
+        encoder = restore_encoder(
+            self.config.init_from, self.pretrained_step, abstract_params["encoder"]
+        )
+        status(f"Encoder restored from {self.config.init_from}, step {self.pretrained_step}.")
+        return {"encoder": encoder}
+
+    def checkpoint_record(self) -> dict[str, Any]:
+        """The config with the architecture actually used filled in."""
+        record = self.config.to_dict()
+        record["model"].update(self.model_config.architecture())
+        return record
+
+
+def load_labels(workdir: epath.Path, task: str) -> list[str] | None:
+    """The label set an earlier start of this run saved, or None on a first start."""
+    path = workdir / LABELS_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved["task"] != task:
+        raise DataError(
+            f"{workdir} was fine-tuned with task={saved['task']!r}, not {task!r}: "
+            "use a new --workdir."
+        )
+    return list(saved["labels"])
+
+
+def save_labels(workdir: epath.Path, task: str, labels: list[str]) -> None:
+    if jax.process_index() == 0 and not (workdir / LABELS_FILE).exists():
+        files.write_text(
+            workdir / LABELS_FILE, json.dumps({"task": task, "labels": labels}, indent=2) + "\n"
+        )

@@ -1,0 +1,317 @@
+"""The one training loop: a task and a config in, checkpoints and metrics out.
+
+`train(config, workdir, task_cls)` is the library call behind `python -m pretrain.train` and
+`python -m pretrain.finetune`. It owns what every task shares: preemption (watched before any
+data work), the mesh, the jitted sharded steps (`steps.py`), resume from the newest complete
+checkpoint, prefetch to the devices, the non-finite policy, the log / eval / checkpoint cadence,
+throughput that leaves eval and saves out, the best checkpoint and the progress line. The task
+(`pretrain/tasks/base.py`) supplies its data, model, loss and metrics. The batch for step `s` is
+a pure function of `(seed, s)`, so a resumed run sees exactly the batches an uninterrupted one
+would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from data_pipeline import files
+from pretrain.perf import flops
+from pretrain.tasks.base import Task
+from pretrain.training import sharding, steps, validation
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.errors import NonFiniteError
+from pretrain.training.metrics import MetricsWriter, ProgressLine, status
+from pretrain.training.optimizer import make_optimizer
+from pretrain.training.preemption import PreemptionWatcher
+from pretrain.training.workdir import BEST_DIR, checkpoints_dir, make_workdir
+
+Put = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
+
+
+def _device_batches(
+    data: Any, start_step: int, num_steps: int, put: Put, rows: np.ndarray, buffer: int
+) -> Iterator[dict[str, jax.Array]]:
+    """Global batches for steps start_step.. on the devices, built ahead on background threads.
+
+    grain builds the numpy batches of this process's rows in parallel; one thread moves them to
+    the devices, so the step never waits for host work that could have been done earlier.
+    """
+    host = grain.MapDataset.range(start_step, num_steps).map(
+        lambda s: data.batch(int(s), rows=rows)
+    )
+    host_iter = iter(
+        host.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
+    )
+    ready: queue.Queue = queue.Queue(maxsize=max(buffer, 1))
+    done = object()
+
+    def fill() -> None:
+        try:
+            for local in host_iter:
+                ready.put(put(local))
+        except Exception as e:  # noqa: BLE001 - re-raised in the consumer thread
+            ready.put(e)
+        ready.put(done)
+
+    threading.Thread(target=fill, daemon=True).start()
+    while (item := ready.get()) is not done:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+class _Feed:
+    """This process's rows of a global batch of `batch_size`, and how they reach the devices."""
+
+    def __init__(self, mesh: jax.sharding.Mesh, rules: sharding.Rules, batch_size: int):
+        self.rows = sharding.process_rows(mesh, rules, batch_size)
+        self.put: Put = lambda local: sharding.host_to_global(local, mesh, rules, batch_size)
+
+
+def evaluate(
+    eval_step: Any, params: Any, task: Task, feed: _Feed
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The eval row of a full pass over `task.eval_data`, and its outputs in example order."""
+    data = task.eval_data
+    totals, gathered = None, []
+    for i in range(data.num_batches):
+        sums, outputs = eval_step(params, feed.put(data.batch(i, rows=feed.rows)))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if outputs:
+            gathered.append(jax.device_get(outputs))
+    outputs = {}
+    if gathered:  # Padding rows come last: cut them off.
+        outputs = {
+            k: np.concatenate([g[k] for g in gathered])[: data.num_examples] for k in gathered[0]
+        }
+    return task.eval_metrics(jax.device_get(totals), outputs), outputs
+
+
+class _FiniteGuard:
+    """Reads the state's bad-step counters: warns about skipped steps, stops past the limit."""
+
+    def __init__(self, max_bad_steps: int, checkpointer: Checkpointer):
+        self.max_bad_steps = max_bad_steps
+        self.checkpointer = checkpointer
+        self.reported = 0  # Skipped steps already warned about (the count is in the state).
+
+    def check(self, state: steps.TrainState) -> None:
+        bad = int(jax.device_get(state.bad_steps))
+        first = int(jax.device_get(state.first_bad_step)) + 1
+        if 0 < bad <= self.max_bad_steps and bad > self.reported:
+            self.reported = bad
+            logging.warning(
+                "Skipped %d step(s) with a non-finite loss or gradient so far (the first at step "
+                "%d); their updates were dropped. The run stops after config.max_bad_steps=%d.",
+                bad,
+                first,
+                self.max_bad_steps,
+            )
+        if bad > self.max_bad_steps:
+            self.checkpointer.wait()  # The save in flight is from a good step: let it land.
+            last_good = self.checkpointer.latest_step()
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step {first} ({bad} bad steps, "
+                f"config.max_bad_steps={self.max_bad_steps}); the last good checkpoint is "
+                f"{'step ' + str(last_good) if last_good is not None else 'none'}. Lower "
+                f"config.optimizer.learning_rate or raise config.max_bad_steps to skip such steps."
+            )
+
+
+class _Throughput:
+    """Train-step examples/s, tokens/s and MFU between log rows; eval and saves left out."""
+
+    def __init__(self, config: ml_collections.ConfigDict, task: Task, start_step: int):
+        self.examples_per_step = config.global_batch_size
+        self.tokens_per_step = config.global_batch_size * task.seq_len
+        self.flops_per_token = task.flops_per_token()
+        kind = jax.devices()[0].device_kind
+        self.peak = flops.peak_flops_per_device(
+            kind, config.dtype, config.get("benchmark", {}).get("peak_flops_per_device", 0.0)
+        )
+        self.last_time, self.last_step = time.time(), start_step
+
+    def exclude(self, seconds: float) -> None:
+        self.last_time += seconds
+
+    def rates(self, step: int) -> dict[str, float | None]:
+        now = time.time()
+        if step <= self.last_step:
+            return {}
+        steps_per_sec = (step - self.last_step) / (now - self.last_time)
+        self.last_time, self.last_step = now, step
+        tokens_per_sec = self.tokens_per_step * steps_per_sec
+        row = {
+            "tokens_per_sec": tokens_per_sec,
+            "examples_per_sec": self.examples_per_step * steps_per_sec,
+        }
+        if self.flops_per_token is not None:
+            row["mfu"] = flops.mfu(
+                tokens_per_sec, self.flops_per_token, self.peak, jax.device_count()
+            )
+        return row
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return (every > 0 and step % every == 0) or step == last
+
+
+def train(
+    config: ml_collections.ConfigDict, workdir: str, task_cls: type[Task]
+) -> dict[str, float]:
+    """Trains the task as `config` says, resuming from WORKDIR/checkpoints; returns the last eval
+    row (empty when there was no evaluation)."""
+    workdir_path = epath.Path(workdir)
+    preemption = PreemptionWatcher()  # First: a SIGTERM during data preparation is not lost.
+    task_cls.check_config(config)
+    mesh = sharding.create_mesh(config.mesh)
+    rules = tuple(config.mesh.logical_axis_rules)
+    validation.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
+    make_workdir(workdir_path)
+    task = task_cls.build(config, workdir_path)
+    record = task.checkpoint_record()
+    if jax.process_index() == 0:
+        files.write_text(workdir_path / "config.json", json.dumps(record, indent=2))
+    tx, schedule = make_optimizer(
+        config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
+    )
+    jitted = steps.build_steps(
+        task,
+        tx,
+        schedule,
+        mesh,
+        rules,
+        grad_accum_steps=config.grad_accum_steps,
+        seed=config.seed,
+    )
+    checkpointer = Checkpointer(
+        checkpoints_dir(workdir_path), keep=config.keep_checkpoints, cleanup_tmp=True
+    )
+    best = None
+    if task.best_metric and task.eval_data is not None:
+        best = Checkpointer(workdir_path / BEST_DIR, keep=1, cleanup_tmp=True)
+    try:
+        state, start_step = _restore_or_init(task, jitted, checkpointer)
+        return _run(
+            config, workdir_path, task, jitted, state, start_step, preemption, record,
+            checkpointer, best,
+        )  # fmt: skip
+    finally:
+        # Commit the saves in flight on every exit, errors and Ctrl-C included: orbax's threads
+        # must finish before the interpreter exits, or the newest checkpoint is left half-written.
+        for manager in (checkpointer, best):
+            if manager is not None:
+                manager.close()
+
+
+def _restore_or_init(
+    task: Task, jitted: steps.Steps, checkpointer: Checkpointer
+) -> tuple[steps.TrainState, int]:
+    """The newest complete checkpoint's state, else a fresh one (from the task's initial params)."""
+    restored = checkpointer.restore_latest(jitted.abstract_state)
+    if restored is not None:
+        state, start_step = restored
+        status(f"Resumed from {checkpointer.directory} at step {start_step}.")
+        return state, start_step
+    return jitted.init(task.initial_params(jitted.abstract_state.params)), 0
+
+
+class _Best:
+    """WORKDIR/best: the checkpoint of the best eval row so far (by the task's best_metric)."""
+
+    def __init__(self, manager: Checkpointer | None, metric: str | None, record: dict[str, Any]):
+        self.manager, self.metric, self.record = manager, metric, record
+        self.value = -np.inf
+        if manager is not None and (step := manager.latest_step()) is not None:
+            self.value = manager.read_config(step)["best"]["value"]
+
+    def offer(self, step: int, state: steps.TrainState, row: dict, guard: _FiniteGuard) -> None:
+        if self.manager is None or not row[self.metric] > self.value:
+            return
+        guard.check(state)  # Never keep a state past a step that should have stopped the run.
+        self.value = row[self.metric]
+        best = {"metric": self.metric, "value": self.value}
+        self.manager.save(step, state, {**self.record, "best": best}, force=True)
+
+
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: epath.Path,
+    task: Task,
+    jitted: steps.Steps,
+    state: steps.TrainState,
+    start_step: int,
+    preemption: PreemptionWatcher,
+    record: dict[str, Any],
+    checkpointer: Checkpointer,
+    best: Checkpointer | None,
+) -> dict[str, float]:
+    """Steps start_step+1 .. num_train_steps with logging, evaluation and saves."""
+    is_main, last = jax.process_index() == 0, config.num_train_steps
+    mesh, rules = jitted.mesh, tuple(config.mesh.logical_axis_rules)
+    train_feed = _Feed(mesh, rules, config.global_batch_size)
+    eval_feed = _Feed(mesh, rules, config.eval_batch_size)
+    writer = MetricsWriter(workdir, enabled=is_main)
+    progress = ProgressLine(last, enabled=is_main)
+    preemption.start(start_step)
+    batches = _device_batches(
+        task.train_data, start_step, last, train_feed.put, train_feed.rows, config.prefetch_batches
+    )
+    if preemption.requested_before_start():
+        status(f"SIGTERM before the first step: nothing new to save (step {start_step}); exiting.")
+        writer.close()
+        return {}
+    train_step = jitted.train_step
+    if start_step < last:
+        train_step, batches, seconds = steps.compile_ahead(train_step, state, batches)
+        status(f"Compiled the train step in {seconds:.1f}s.")
+    guard = _FiniteGuard(config.max_bad_steps, checkpointer)
+    keeper = _Best(best, task.best_metric, record)
+    meter = _Throughput(config, task, start_step)
+    progress.start(start_step)
+    eval_row, outputs = {}, None
+    try:
+        for step in range(start_step + 1, last + 1):
+            state, metrics = train_step(state, next(batches))
+            if step % config.log_every_steps == 0 or step in (1, last):
+                guard.check(state)
+                row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                row.update(meter.rates(step))
+                writer.write(step, row)
+                progress.show(step, row)
+            side_work_start = time.time()  # Eval and saves are not train-step throughput.
+            if task.eval_data is not None and _due(step, config.eval_every_steps, last):
+                eval_row, outputs = evaluate(jitted.eval_step, state.params, task, eval_feed)
+                writer.write(step, eval_row)
+                status(
+                    f"eval at step {step}: "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in eval_row.items())
+                )
+                keeper.offer(step, state, eval_row, guard)
+            stop = preemption.should_stop(step)
+            if stop:
+                logging.warning("Preempted (SIGTERM): saving step %d and exiting.", step)
+            if stop or _due(step, config.checkpoint_every_steps, last):
+                guard.check(state)  # Never save past a step that should have stopped the run.
+                checkpointer.save(step, state, record, force=stop)  # One save per step.
+            if stop:
+                return eval_row
+            meter.exclude(time.time() - side_work_start)
+    finally:
+        writer.close()
+    if is_main:
+        task.on_end(workdir, outputs)
+    return eval_row

@@ -1,0 +1,126 @@
+"""Cheap checks of a config, run before anything expensive (data, compile, writing files).
+
+One module for pretraining and fine-tuning: the keys they share are checked by `check_common`;
+each command adds its own. A failure is a `ConfigError` whose message names the key, the bad
+value and the fix; the command line prints it as one line and exits 2. Model fields are checked
+where they are used, by `pretrain/models/config.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import ml_collections
+
+from data_pipeline.errors import ConfigError
+
+DTYPES = ("bfloat16", "float32")
+_COMMON_POSITIVE = (
+    "num_train_steps",
+    "global_batch_size",
+    "grad_accum_steps",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "eval_batch_size",
+    "keep_checkpoints",
+    "data.max_seq_length",
+)
+
+
+def _value(config: ml_collections.ConfigDict, key: str):
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
+    for key in keys:
+        value = _value(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"config.{key} must be a positive integer, got {value!r}.")
+
+
+def check_common(config: ml_collections.ConfigDict) -> None:
+    """The keys every training command has: step counts, batch sizes, cadences, dtype."""
+    _positive(config, *_COMMON_POSITIVE)
+    if config.dtype not in DTYPES:
+        raise ConfigError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}.")
+    if config.max_bad_steps < 0:
+        raise ConfigError(f"config.max_bad_steps must be >= 0, got {config.max_bad_steps}.")
+    if config.eval_every_steps < 0:
+        raise ConfigError(
+            f"config.eval_every_steps must be >= 0 (0: never), got {config.eval_every_steps}."
+        )
+
+
+def check_pretraining(config: ml_collections.ConfigDict) -> None:
+    """A pretraining config: the common keys, the model sizes and the masking sizes."""
+    check_common(config)
+    _positive(
+        config,
+        "data.max_predictions_per_seq",
+        "model.num_hidden_layers",
+        "model.hidden_size",
+        "model.num_attention_heads",
+        "model.intermediate_size",
+    )
+    if not config.data.train_files:
+        raise ConfigError(
+            "config.data.train_files is empty; set it to a glob of text files "
+            "(one sentence per line, blank line between documents) or tfds:NAME."
+        )
+    model, data = config.model, config.data
+    if model.hidden_size % model.num_attention_heads:
+        raise ConfigError(
+            f"config.model.hidden_size ({model.hidden_size}) is not divisible by "
+            f"config.model.num_attention_heads ({model.num_attention_heads}); pick sizes where "
+            f"it is (e.g. 768 and 12)."
+        )
+    if data.max_seq_length > model.max_position_embeddings:
+        raise ConfigError(
+            f"config.data.max_seq_length ({data.max_seq_length}) exceeds "
+            f"config.model.max_position_embeddings ({model.max_position_embeddings}); raise the "
+            f"latter or shorten the sequences."
+        )
+    if data.max_predictions_per_seq > data.max_seq_length - 3:
+        raise ConfigError(
+            f"config.data.max_predictions_per_seq ({data.max_predictions_per_seq}) cannot exceed "
+            f"max_seq_length - 3 ({data.max_seq_length - 3}): [CLS] and two [SEP] are never "
+            f"masked. Lower it (BERT: 20 at length 128, 80 at 512)."
+        )
+
+
+def check_finetuning(config: ml_collections.ConfigDict, tasks: Collection[str]) -> None:
+    """A fine-tuning config: the common keys, the task, the head and where weights come from."""
+    check_common(config)
+    if config.task not in tasks:
+        raise ConfigError(
+            f"config.task={config.task!r} is not a fine-tuning task: use one of "
+            f"{', '.join(sorted(tasks))}."
+        )
+    if not 0.0 <= config.classifier_dropout < 1.0:
+        raise ConfigError(
+            f"config.classifier_dropout={config.classifier_dropout} must be in [0, 1)."
+        )
+    if not config.init_from and not config.data.tokenizer_model:
+        raise ConfigError(
+            "config.init_from is empty (random init), so config.data.tokenizer_model must name a "
+            "sentencepiece .model; or set config.init_from to a pretraining workdir."
+        )
+
+
+def check_batch_layout(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+    """The global batch must split evenly over data-parallel devices and microbatches."""
+    per_step = data_parallel * config.grad_accum_steps
+    if config.global_batch_size % per_step:
+        raise ConfigError(
+            f"config.global_batch_size ({config.global_batch_size}) is not divisible by "
+            f"data-parallel devices ({data_parallel}) x config.grad_accum_steps "
+            f"({config.grad_accum_steps}) = {per_step}; use a multiple of {per_step}."
+        )
+    if config.eval_batch_size % data_parallel:
+        raise ConfigError(
+            f"config.eval_batch_size ({config.eval_batch_size}) is not divisible by the "
+            f"{data_parallel} data-parallel devices; use a multiple of {data_parallel}."
+        )
