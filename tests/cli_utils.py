@@ -32,8 +32,11 @@ def write_corpus(path: Path, num_docs: int = 80, seed: int = 0) -> Path:
     return path
 
 
-def tiny_overrides(data_dir: Path, **extra: object) -> list[str]:
-    """`--config.*` flags for a model and data small enough for a few-second CPU run."""
+def tiny_values(data_dir: Path, **extra: object) -> dict[str, object]:
+    """Config values (dotted keys) for a model and data small enough for a few-second CPU run.
+
+    `extra` overrides them; write `model__hidden_size` for `model.hidden_size`.
+    """
     train = data_dir / "train.txt"
     evals = data_dir / "eval.txt"
     if not train.exists():
@@ -64,7 +67,26 @@ def tiny_overrides(data_dir: Path, **extra: object) -> list[str]:
         "optimizer.warmup_steps": 2,
     }
     values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"--config.{k}={v}" for k, v in values.items()]
+    return values
+
+
+def tiny_overrides(data_dir: Path, **extra: object) -> list[str]:
+    """`--config.*` flags of `tiny_values`."""
+    return [f"--config.{k}={v}" for k, v in tiny_values(data_dir, **extra).items()]
+
+
+def tiny_config(data_dir: Path, **extra: object):
+    """configs/smoke.py with `tiny_values` set, as the ConfigDict the CLI would build."""
+    from configs import smoke
+
+    config = smoke.get_config()
+    for key, value in tiny_values(data_dir, **extra).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config
 
 
 def cli_env(devices: int = 1) -> dict[str, str]:
@@ -134,3 +156,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert not re.search(r"^step \d+/", proc.stderr, re.M), "a training step ran"
     assert not _MODEL_COMPILE.search(proc.stderr), "the model was compiled before failing"
     return lines[-1]
+
+
+def run_in_process(fn: Callable[[], object], capsys) -> tuple[int, list[str]]:
+    """Runs `fn` as a command line runs its library call; (exit code, stderr lines).
+
+    Exit code 2 is a user error reported as one `error:` line; any other exception propagates.
+    """
+    from pretrain import command
+
+    code = 0
+    try:
+        command.run_user_errors_as_one_line(fn)
+    except SystemExit as e:
+        code = int(e.code)
+    return code, capsys.readouterr().err.strip().splitlines()

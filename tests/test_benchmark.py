@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from pretrain.perf import timing as benchmarking
 
@@ -50,6 +51,7 @@ def _tiny(corpus, tokenizer) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokenizer):
     result = _benchmark(*_tiny(pipeline_corpus[0], pipeline_tokenizer))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -63,6 +65,7 @@ def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokeniz
     assert row["peak_memory_bytes"] > 0 and row["peak_memory_source"] == "host_max_rss"
 
 
+@pytest.mark.slow
 def test_missing_data_fails_with_one_line(tmp_path):
     result = _benchmark(f"--config.data.train_files={tmp_path}/nothing*.txt")
     assert result.returncode == 2

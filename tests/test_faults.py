@@ -27,6 +27,8 @@ import pytest
 
 from tests.cli_utils import REPO, cli_env, read_metrics, run_module, tiny_overrides
 
+pytestmark = pytest.mark.slow  # Every test here drives the command line in subprocesses.
+
 STEPS = 9
 # Every metric of a train row that is a pure function of (seed, step); tokens_per_sec is timing.
 EXACT_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "grad_norm")

@@ -114,6 +114,7 @@ def keyword_run(keyword_task, tmp_path_factory):
     return workdir, flags
 
 
+@pytest.mark.slow
 def test_keyword_task_reaches_95_percent_through_the_cli(keyword_task, keyword_run):
     _, evals, _ = keyword_task
     workdir, _ = keyword_run
@@ -134,6 +135,7 @@ def test_keyword_task_reaches_95_percent_through_the_cli(keyword_task, keyword_r
     assert sorted(int(p.name) for p in checkpoints_dir(workdir).iterdir()) == [30, 60]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_the_uninterrupted_one(keyword_run, tmp_path):
     """A copy of the run cut back to its step-30 checkpoint, restarted, retraces steps 31-60."""
     straight, flags = keyword_run
@@ -167,6 +169,7 @@ def _steps(task, config, mesh, grad_accum_steps=1):
     return build_steps(task, tx, schedule, mesh, RULES, grad_accum_steps=grad_accum_steps, seed=0)
 
 
+@pytest.mark.slow
 def test_init_from_restores_the_encoder_into_the_mesh_and_drops_the_heads(
     pretrained, keyword_task, tmp_path
 ):
@@ -211,6 +214,7 @@ def _swap_tokenizer(pretrained, tmp_path):
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -238,6 +242,7 @@ def test_mismatched_checkpoint_fails_with_one_clear_line(
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_regression_task_reports_correlations(keyword_task, tmp_path):
     _, _, tokenizer = keyword_task
     rng = np.random.default_rng(0)

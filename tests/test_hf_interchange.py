@@ -246,6 +246,7 @@ def test_import_then_export_leaves_every_tensor_unchanged(hf_dir, imported, tmp_
     )
 
 
+@pytest.mark.slow
 def test_export_of_a_pretraining_run_gives_our_logits_and_ids(pretrained):
     workdir, output = pretrained
     params, config, step, tokenizer = hf_interchange.restore_params(str(workdir))
@@ -257,6 +258,7 @@ def test_export_of_a_pretraining_run_gives_our_logits_and_ids(pretrained):
     assert_same_ids(tokenizer, transformers.AutoTokenizer.from_pretrained(output))
 
 
+@pytest.mark.slow
 def test_exported_fill_mask_pipeline_gives_our_probabilities(pretrained):
     workdir, output = pretrained
     params, config, _, tokenizer = hf_interchange.restore_params(str(workdir))
@@ -297,6 +299,7 @@ def test_exported_sentencepiece_gives_our_ids_on_real_text(lower_case, tmp_path)
     assert (hf_ids(theirs, "HELLO") == hf_ids(theirs, "hello")) == lower_case
 
 
+@pytest.mark.slow
 def test_continued_pretraining_resumes_the_import_and_exports(continued, imported, tmp_path):
     workdir, stderr = continued
     assert "Resumed" in stderr and "at step 0" in stderr

@@ -171,6 +171,7 @@ def _fake_python(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_local_sh_fails_fast_when_one_process_fails(tmp_path):
     # Process 1 fails at once; the others would wait for it forever in a real collective.
     fake = _fake_python(tmp_path, "[[ $id == 1 ]] && exit 3\nexec sleep 60")
@@ -184,6 +185,7 @@ def test_local_sh_fails_fast_when_one_process_fails(tmp_path):
     assert result.returncode == 3, result.stderr
 
 
+@pytest.mark.slow
 def test_local_sh_forwards_sigterm_and_arguments(tmp_path):
     # Each fake process records its flags, then exits 0 on SIGTERM (as pretrain.train does).
     fake = _fake_python(
@@ -251,6 +253,7 @@ def _rows_worker(process_id: int, port: int, corpus: str, tokenizer: str, out: s
     np.savez(out, rows=rows, **gathered)
 
 
+@pytest.mark.slow
 def test_each_process_loads_its_rows_and_together_they_make_the_global_batch(
     tmp_path, pipeline_corpus, pipeline_tokenizer
 ):
@@ -297,6 +300,7 @@ def test_each_process_loads_its_rows_and_together_they_make_the_global_batch(
             np.testing.assert_array_equal(result[name], value, err_msg=name)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, pipeline_corpus, pipeline_tokenizer):
     flags = (*data_flags(pipeline_corpus, pipeline_tokenizer), "--config.num_train_steps=8")
     one = tmp_path / "one_process"

@@ -105,6 +105,7 @@ def _run_cli(*args):
     )
 
 
+@pytest.mark.slow
 def test_cli_writes_model_and_vocab(pipeline_corpus, tmp_path):
     corpus = pipeline_corpus[0]
     prefix = tmp_path / "out" / "sp"
@@ -117,6 +118,7 @@ def test_cli_writes_model_and_vocab(pipeline_corpus, tmp_path):
     assert len(open(str(prefix) + ".vocab").read().splitlines()) == 150
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_with_one_line(tmp_path):
     result = _run_cli(
         f"--input={tmp_path}/nothing*.txt", "--vocab_size=100", f"--output_prefix={tmp_path}/x"
@@ -141,6 +143,7 @@ def test_sentence_sample_is_uniform_and_seeded():
     assert tok_lib.reservoir_sample(["a", "b"], 5, 0) == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_sampled_training_gives_the_same_model_in_every_process(tmp_path):
     # sentencepiece's own sampler draws a fresh seed per process; every host of a multi-host
     # run trains its own tokenizer from the same files and must get the same one.

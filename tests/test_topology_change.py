@@ -29,6 +29,8 @@ from tests.test_multiprocess import (
     train,
 )
 
+pytestmark = pytest.mark.slow  # Every test here drives the command line in subprocesses.
+
 STEPS = 24
 SAVE_EVERY = 12
 

@@ -12,7 +12,6 @@ would have seen.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import time
@@ -36,7 +35,7 @@ from pretrain.training.errors import NonFiniteError
 from pretrain.training.metrics import MetricsWriter, ProgressLine, status
 from pretrain.training.optimizer import make_optimizer
 from pretrain.training.preemption import PreemptionWatcher
-from pretrain.training.workdir import BEST_DIR, checkpoints_dir, make_workdir
+from pretrain.training.workdir import BEST_DIR, CONFIG_FILE, checkpoints_dir, make_workdir
 
 Put = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
 
@@ -181,10 +180,10 @@ def train(
     rules = tuple(config.mesh.logical_axis_rules)
     validation.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
     make_workdir(workdir_path)
+    if jax.process_index() == 0:
+        files.write_text(workdir_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
     task = task_cls.build(config, workdir_path)
     record = task.checkpoint_record()
-    if jax.process_index() == 0:
-        files.write_text(workdir_path / "config.json", json.dumps(record, indent=2))
     tx, schedule = make_optimizer(
         config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
     )

@@ -31,6 +31,7 @@ from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import WorkdirError
 from pretrain.training.metrics import status
 
+CONFIG_FILE = "config.json"  # The config of the newest run in the workdir.
 TOKENIZER_FILE = "tokenizer.model"
 WORDPIECE_FILE = wordpiece.VOCAB_FILE
 CHECKPOINTS_DIR = "checkpoints"
