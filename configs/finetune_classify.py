@@ -60,14 +60,14 @@ def get_config() -> ml_collections.ConfigDict:
     # Model: the fields of configs/default.py. Architecture fields are None (placeholders): taken
     # from the init_from checkpoint, or for random init BERT-base; set them to assert or choose.
     # Dropout, initializer (of the new head), attention_impl and remat_policy keep their values.
-    c.model = default.get_config().model
+    c.model = default.model_config()
     c.model.unlock()
     defaults = EncoderConfig()
     for key in ARCHITECTURE_FIELDS:
         c.model[key] = config_dict.placeholder(type(getattr(defaults, key)))
 
     # Optimizer: the keys of configs/default.py with BERT's fine-tuning values.
-    c.optimizer = default.get_config().optimizer
+    c.optimizer = default.optimizer_config()
     c.optimizer.unlock()
     c.optimizer.learning_rate = 2e-5  # Peak; BERT searched {5e-5, 3e-5, 2e-5} on GLUE.
     c.optimizer.warmup_steps = -1  # Linear warmup from 0; -1: warmup_fraction of the steps.
@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.layerwise_lr_decay = 1.0  # Each layer below the top gets this x the lr (1: off).
 
     # Mesh and logical-axis rules: as pretraining (configs/default.py).
-    c.mesh = default.get_config().mesh
+    c.mesh = default.mesh_config()
 
     c.lock()
     return c

@@ -20,6 +20,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from data_pipeline import files
 from data_pipeline.tasks import classification as data
 from pretrain.models.heads import SequenceClassifier
 from pretrain.tasks import classification_metrics
@@ -145,4 +146,4 @@ class ClassificationTask(FinetuningTask):
         examples = self.dataset.eval_examples
         lines = ["index\tprediction\tlabel"]
         lines += [f"{i}\t{p}\t{g}" for i, (p, g) in enumerate(zip(predicted, examples.label))]
-        (workdir / PREDICTIONS_FILE).write_text("\n".join(lines) + "\n")
+        files.write_text(workdir / PREDICTIONS_FILE, "\n".join(lines) + "\n")

@@ -15,6 +15,8 @@ from typing import Any
 
 from etils import epath
 
+from data_pipeline import files
+
 
 def _jsonable(value: Any) -> Any:
     value = float(value) if hasattr(value, "__float__") and not isinstance(value, int) else value
@@ -60,7 +62,7 @@ class MetricsWriter:
                 f.write(line)
         else:
             self._text += line
-            self._path.write_text(self._text)
+            files.write_text(self._path, self._text)
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)):
                 self._tb.add_scalar(key, value, int(step))
