@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.global_batch_size = 256  # Sequences per optimizer step, all devices and microbatches.
     c.grad_accum_steps = 1  # Microbatches per step, accumulated inside the jitted step.
     c.log_every_steps = 100  # Train metrics row + progress line every this many steps.
-    c.eval_every_steps = 10_000  # Full pass over the eval set every this many steps (0: never).
+    c.eval_every_steps = 10_000  # Full eval pass every this many steps and at the end (0: never).
     c.eval_batch_size = 256  # Sequences per eval batch (the last one is padded and masked out).
     c.max_eval_batches = 0  # Cap on eval batches per evaluation (0: the whole eval set).
     c.checkpoint_every_steps = 10_000  # Async orbax save every this many steps, and at the end.

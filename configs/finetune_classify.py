@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.global_batch_size = 32  # Examples per optimizer step, all devices and microbatches.
     c.grad_accum_steps = 1  # Microbatches per step, accumulated inside the jitted step.
     c.log_every_steps = 50  # Train metrics row + progress line every this many steps.
-    c.eval_every_steps = 200  # Full pass over the eval set every this many steps, and at the end.
+    c.eval_every_steps = 200  # Full eval pass every this many steps and at the end (0: never).
     c.eval_batch_size = 64  # Examples per eval batch (the last one is padded and masked out).
     c.checkpoint_every_steps = 500  # Async orbax save every this many steps, and at the end.
     c.keep_checkpoints = 2  # Newest checkpoints kept in WORKDIR/checkpoints.
@@ -56,6 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.text_b_key = ""  # TFDS feature of the second text (glue/mrpc: sentence2); empty: none.
     c.data.label_key = "label"  # TFDS feature of the label.
     c.data.labels = ""  # Comma-separated class names fixing the id order; empty: from train data.
+    # TSV header row: True skips the first line, False keeps it; None detects one (and warns).
+    c.data.has_header = config_dict.placeholder(bool)
 
     # Model: the fields of configs/default.py. Architecture fields are None (placeholders): taken
     # from the init_from checkpoint, or for random init BERT-base; set them to assert or choose.

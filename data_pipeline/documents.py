@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 from absl import logging
 
+from data_pipeline import tfds_source
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-
-TFDS_PREFIX = "tfds:"
+from data_pipeline.tfds_source import is_tfds_spec, parse_tfds_spec
 
 # Sentence end: terminal punctuation, optional closing quotes/brackets, whitespace, then something
 # that can start a sentence. Good enough for web text; BERT-format files are already split.
@@ -32,24 +32,6 @@ _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e inc ltd co corp no fig al approx jan feb mar apr "
     "jun jul aug sep sept oct nov dec".split()
 )
-
-
-def is_tfds_spec(spec: str) -> bool:
-    """Whether `spec` names a TFDS dataset (`tfds:NAME[:SPLIT]`) rather than file globs."""
-    return spec.strip().startswith(TFDS_PREFIX)
-
-
-def parse_tfds_spec(spec: str) -> tuple[str, str]:
-    """Splits `tfds:NAME[:SPLIT]` into (NAME, SPLIT); SPLIT defaults to 'train'."""
-    body = spec.strip()[len(TFDS_PREFIX) :]
-    head, bracket, slicing = body.partition("[")  # A split may slice: 'train[:10%]'.
-    name, sep, split = head.rpartition(":")
-    if not sep:
-        name, split = head, "train"
-    split += bracket + slicing
-    if not name or not split:
-        raise ConfigError(f"bad TFDS spec {spec!r}: expected 'tfds:NAME' or 'tfds:NAME:SPLIT'")
-    return name, split
 
 
 def resolve_files(spec: str) -> list[str]:
@@ -146,13 +128,8 @@ def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
 
 def _iter_tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
     """Yields one document per record of a TFDS split, read by random access."""
-    import tensorflow_datasets as tfds  # Imported here: slow, and only this source needs it.
-
-    name, split = parse_tfds_spec(spec)
-    try:
-        source = tfds.data_source(name, split=split)
-    except Exception as e:  # TFDS raises many types (missing data, bad name, no network).
-        raise DataError(f"cannot open TFDS dataset {name!r} split {split!r}: {e}") from e
+    name, _ = parse_tfds_spec(spec)
+    source = tfds_source.open_split(spec)
     for i in range(len(source)):
         record = source[i]
         if text_feature not in record:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 import jax
+import ml_collections
 from absl import flags, logging
 
 from pretrain.training.errors import UserError
@@ -38,7 +39,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     Pass as `app.run(main, flags_parser=cli.parse_flags)`.
     """
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
+    except (SyntaxError, ImportError, NameError, OSError) as e:  # Raised by a broken --config file.
+        _config_file_error(e, argv)
     except flags.Error as e:
         fail(f"{e}. Run with --helpfull to list flags.")
     except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -48,8 +51,43 @@ def parse_flags(argv: list[str]) -> list[str]:
             detail = detail[1:-1]  # ml_collections wraps a repr of the message in quotes.
         for escaped, plain in (("\\'", "'"), ("\\n", " "), ("\n", " ")):
             detail = detail.replace(escaped, plain)
-        fail(f"bad --config override: {detail.strip()}")
-    return []
+        detail = detail.strip().strip("'\"")
+        if isinstance(e, KeyError | AttributeError) and " " not in detail:
+            detail = f"the config has no key {detail!r} (keys are fixed: check the spelling)"
+        fail(f"bad --config override: {detail}")
+        return []
+    if "config" in FLAGS:
+        _load_config_file(argv)
+    return remaining
+
+
+def _load_config_file(argv: list[str]) -> None:
+    """Loads --config now, so a missing or broken file is one line, not two tracebacks."""
+    try:
+        "seed" in FLAGS.config  # noqa: B015 - the config flag reports a failed load on first use.
+    except Exception as e:  # noqa: BLE001 - whatever the user's config file raised
+        _config_file_error(e, argv)
+
+
+def _config_file_error(error: BaseException, argv: list[str]) -> None:
+    reason = str(error.__cause__ or error).strip().splitlines() or [type(error).__name__]
+    detail = reason[-1].strip()
+    if isinstance(error, SyntaxError):
+        detail = f"{type(error).__name__} at line {error.lineno}: {error.msg}"
+    given = [a.partition("=")[2] for a in argv if a.startswith("--config=")]
+    fail(f"--config={given[-1] if given else '?'} cannot be loaded: {detail}")
+
+
+def check_config_kind(config: ml_collections.ConfigDict, command: str) -> None:
+    """One line when a fine-tuning config is given to `train` or a pretraining one to `finetune`."""
+    is_finetuning = "task" in config and "init_from" in config
+    path = FLAGS["config"].serialize().partition("=")[2] if "config" in FLAGS else "the config"
+    if command == "pretrain.train" and is_finetuning:
+        fail(f"{path} is a fine-tuning config (it has task and init_from): run it with "
+             "python -m pretrain.finetune.")  # fmt: skip
+    if command == "pretrain.finetune" and not is_finetuning:
+        fail(f"{path} is a pretraining config (it has no task or init_from): run it with "
+             "python -m pretrain.train, or fine-tune with configs/finetune_*.py.")  # fmt: skip
 
 
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:

@@ -30,6 +30,7 @@ def main(argv: list[str]) -> None:
     # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    command.check_config_kind(_CONFIG.value, "pretrain.finetune")
     command.initialize_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
     command.run_user_errors_as_one_line(

@@ -28,6 +28,7 @@ def main(argv: list[str], task_cls: type[PretrainingTask] = PretrainingTask) -> 
     # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    command.check_config_kind(_CONFIG.value, "pretrain.train")
     command.initialize_distributed()
     command.run_user_errors_as_one_line(lambda: loop.train(_CONFIG.value, _WORKDIR.value, task_cls))
 

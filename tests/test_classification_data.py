@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_pipeline.tasks import classification
+from data_pipeline.tasks import classification, examples
 
 
 def _data_config(**overrides) -> ml_collections.ConfigDict:
@@ -29,10 +29,10 @@ def _write(path, lines: list[str]) -> str:
 
 
 def test_reads_single_and_pair_rows(tmp_path):
-    single = classification.read_tsv(_write(tmp_path / "s.tsv", ["pos\tgood film", "", "neg\tbad"]))
+    single = examples.read_tsv(_write(tmp_path / "s.tsv", ["pos\tgood film", "", "neg\tbad"]))
     assert single.label == ["pos", "neg"] and single.text_a == ["good film", "bad"]
     assert single.text_b is None and single.line == [1, 3]  # Blank lines skipped, lines kept.
-    pair = classification.read_tsv(_write(tmp_path / "p.tsv", ["1\ta cat\tthe cat", "0\tx\ty"]))
+    pair = examples.read_tsv(_write(tmp_path / "p.tsv", ["1\ta cat\tthe cat", "0\tx\ty"]))
     assert pair.text_a == ["a cat", "x"] and pair.text_b == ["the cat", "y"]
 
 
@@ -48,14 +48,14 @@ def test_reads_single_and_pair_rows(tmp_path):
 def test_bad_rows_name_the_file_and_line(tmp_path, lines, line_no, fragment):
     path = _write(tmp_path / "bad.tsv", lines)
     with pytest.raises(ValueError) as e:
-        classification.read_tsv(path)
+        examples.read_tsv(path)
     assert f"{path}, line {line_no}" in str(e.value) and fragment in str(e.value)
 
 
 def test_label_set_comes_from_training_data_sorted(tmp_path):
-    words = classification.read_tsv(_write(tmp_path / "w.tsv", ["pos\ta", "neg\tb", "pos\tc"]))
+    words = examples.read_tsv(_write(tmp_path / "w.tsv", ["pos\ta", "neg\tb", "pos\tc"]))
     assert classification.label_vocabulary(words, "classification") == ["neg", "pos"]
-    numbers = classification.read_tsv(_write(tmp_path / "n.tsv", ["10\ta", "2\tb", "1\tc"]))
+    numbers = examples.read_tsv(_write(tmp_path / "n.tsv", ["10\ta", "2\tb", "1\tc"]))
     assert classification.label_vocabulary(numbers, "classification") == ["1", "2", "10"]
     assert classification.label_vocabulary(numbers, "regression") == []
 
@@ -77,9 +77,9 @@ def test_eval_label_unseen_in_training_names_the_line(tmp_path, pipeline_tokeniz
 
 
 def test_regression_needs_numeric_labels(tmp_path):
-    examples = classification.read_tsv(_write(tmp_path / "r.tsv", ["0.5\ta", "high\tb"]))
+    rows = examples.read_tsv(_write(tmp_path / "r.tsv", ["0.5\ta", "high\tb"]))
     with pytest.raises(ValueError, match=r"r\.tsv, line 2: label 'high' is not a number"):
-        classification.encode_labels(examples, [], "regression", "r.tsv")
+        classification.encode_labels(rows, [], "regression", "r.tsv")
 
 
 def _bert_truncate(len_a: int, len_b: int, max_tokens: int) -> tuple[int, int]:
@@ -169,7 +169,7 @@ def test_tfds_source_with_configurable_features(pipeline_tokenizer):
             eval_batch_size=4,
         )  # fmt: skip
         with pytest.raises(ValueError, match="no feature 'question' \\(it has \\['idx', 'label'"):
-            classification.read_tfds("tfds:glue/mrpc", "question", "", "label")
+            examples.read_tfds("tfds:glue/mrpc", "question", "", "label")
     assert data.labels == ["not_equivalent", "equivalent"]  # The ClassLabel names, in id order.
     assert data.eval.num_examples == 6 and data.eval_examples.text_b is not None
     batch = data.eval.batch(1)

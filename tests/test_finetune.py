@@ -124,14 +124,18 @@ def test_keyword_task_reaches_95_percent_through_the_cli(keyword_task, keyword_r
     assert {"eval_loss", "eval_accuracy", "eval_macro_f1", "eval_f1", "eval_mcc"} <= set(final)
     assert final["eval_accuracy"] >= 0.95
     assert json.loads((workdir / "labels.json").read_text())["labels"] == ["no", "yes"]
-    # predictions.tsv holds label strings for every eval example, and agrees with the metric.
-    rows = [line.split("\t") for line in (workdir / "predictions.tsv").read_text().splitlines()]
-    assert rows[0] == ["index", "prediction", "label"] and len(rows) == 201
-    gold = [line.split("\t")[0] for line in evals.read_text().splitlines()]
-    assert [r[2] for r in rows[1:]] == gold
-    assert np.mean([r[1] == r[2] for r in rows[1:]]) == pytest.approx(final["eval_accuracy"])
+    # predictions.tsv: every eval example with its text, gold label, and the best checkpoint's
+    # prediction and probability; it agrees with that checkpoint's eval row.
     best_step = max(eval_rows, key=lambda s: (eval_rows[s]["eval_accuracy"], -s))
     assert [p.name for p in (workdir / "best").iterdir() if p.name.isdigit()] == [str(best_step)]
+    rows = [line.split("\t") for line in (workdir / "predictions.tsv").read_text().splitlines()]
+    assert rows[0] == ["index", "prediction", "probability", "label", "text"] and len(rows) == 201
+    gold = [line.split("\t") for line in evals.read_text().splitlines()]
+    assert [r[3] for r in rows[1:]] == [g[0] for g in gold]
+    assert [r[4] for r in rows[1:]] == [g[1] for g in gold]
+    assert all(0.5 <= float(r[2]) <= 1.0 for r in rows[1:])  # The predicted class's, of two.
+    accuracy = np.mean([r[1] == r[3] for r in rows[1:]])
+    assert accuracy == pytest.approx(eval_rows[best_step]["eval_accuracy"])
     assert sorted(int(p.name) for p in checkpoints_dir(workdir).iterdir()) == [30, 60]
 
 
@@ -140,7 +144,7 @@ def test_resumed_run_matches_the_uninterrupted_one(keyword_run, tmp_path):
     """A copy of the run cut back to its step-30 checkpoint, restarted, retraces steps 31-60."""
     straight, flags = keyword_run
     resumed = tmp_path / "ft"
-    shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("60", "best", "predictions*"))
+    shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("60", "predictions*", "*.lock"))
     rows = (straight / "metrics.jsonl").read_text().splitlines()
     kept = [row for row in rows if json.loads(row)["step"] <= 30]
     (resumed / "metrics.jsonl").write_text("\n".join(kept) + "\n")
@@ -423,7 +427,7 @@ def test_pretrain_then_finetune_on_the_sample_corpus(tmp_path):
         flags = finetune_flags(
             workdir, tmp_path / "train.tsv", tmp_path / "eval.tsv", **extra,
             data__max_seq_length=64, num_train_steps=200, log_every_steps=100,
-            checkpoint_every_steps=200, eval_every_steps=0,
+            checkpoint_every_steps=200, eval_every_steps=200,
         )  # fmt: skip
         run_module("pretrain.finetune", flags)
         accuracy[init] = read_rows(workdir)[1][200]["eval_accuracy"]

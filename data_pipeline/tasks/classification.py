@@ -1,17 +1,11 @@
-"""Labelled examples for fine-tuning: read, label, tokenize, truncate, and batch by step.
+"""Sequence classification data: label, tokenize, truncate, and batch by step.
 
-Sources (`data.train_file`, `data.eval_file`):
-
-* a TSV file, one example per line: `label<TAB>text` or `label<TAB>text_a<TAB>text_b` (every line
-  of a file has the same number of columns; blank lines are skipped; no header);
-* `tfds:NAME[:SPLIT]` (e.g. `tfds:glue/sst2`, `tfds:glue/mrpc:validation`), read by random access
-  through `tfds.data_source`; `data.text_a_key`, `data.text_b_key` (empty: single sentences) and
-  `data.label_key` name the features. A `ClassLabel` feature contributes its class names.
-
-Labels are strings. The label set (and so the class ids) comes from the training data: the
-`ClassLabel` names of a TFDS source, or the sorted distinct labels of a TSV (numerically when all
-are integers), unless given explicitly; the caller saves it with the run. A label of the eval set
-that the training data lacks is an error naming the file and line.
+Examples come from `data.train_file` and `data.eval_file` (TSV or TFDS, read and checked by
+`data_pipeline/tasks/examples.py`). Labels are strings. The label set (and so the class ids)
+comes from the training data: the `ClassLabel` names of a TFDS source, or the sorted distinct
+labels of a TSV (numerically when all are integers), unless given explicitly; the caller saves it
+with the run. A label of the eval set that the training data lacks is an error naming the file
+and line.
 
 Sequences are `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut to `max_seq_length` the BERT way
 (tokens come off the end of the longer segment). Features (B rows, S = max_seq_length):
@@ -20,139 +14,30 @@ Sequences are `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut to `max_seq_length
     label [B] int32 (float32 for regression), example_weight [B] float32
 
 Train batch `step` is a pure function of (seed, step), ordered by `data_pipeline/order.py` as
-pretraining's is. Eval batches
-cover the eval set in order; the last one is padded with all-zero rows of weight 0.
+pretraining's is. Eval batches cover the eval set in order; the last one is padded with all-zero
+rows of weight 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from data_pipeline import documents
-from data_pipeline.errors import ConfigError, DataError, MissingInputError
+from data_pipeline.errors import ConfigError, DataError
 from data_pipeline.order import EpochOrder, check_rows
+from data_pipeline.tasks.examples import (
+    RawExamples,
+    check_label_column,
+    read_examples,
+    skip_header,
+)
 
 TASKS = ("classification", "regression")
 _ENCODE_CHUNK = 10_000  # Texts tokenized per call: bounds peak memory on large sources.
-
-
-@dataclasses.dataclass(frozen=True)
-class RawExamples:
-    """Examples as read, before tokenization; `line[i]` locates example i in `source`."""
-
-    source: str  # File path or TFDS spec, for error messages.
-    text_a: list[str]
-    text_b: list[str] | None  # None for single-sentence tasks.
-    label: list[str]
-    line: list[int]  # 1-based TSV line, or TFDS record index.
-    label_names: list[str] | None = None  # Class names declared by the source (TFDS ClassLabel).
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def where(self, i: int) -> str:
-        unit = "record" if documents.is_tfds_spec(self.source) else "line"
-        return f"{self.source}, {unit} {self.line[i]}"
-
-
-def read_tsv(path: str) -> RawExamples:
-    """Reads `label<TAB>text[<TAB>text_b]` lines; a bad row is a DataError naming file and line."""
-    if not os.path.isfile(path):
-        raise MissingInputError(f"TSV file {path!r} not found: check data.train_file/eval_file.")
-    text_a, text_b, labels, lines = [], [], [], []
-    columns = None
-    with open(path, encoding="utf-8", newline="") as f:
-        for number, raw in enumerate(f, start=1):
-            row = raw.rstrip("\r\n")
-            if not row.strip():
-                continue
-            fields = row.split("\t")
-            if len(fields) not in (2, 3):
-                raise DataError(
-                    f"{path}, line {number}: {len(fields)} tab-separated columns; expected "
-                    "'label<TAB>text' or 'label<TAB>text_a<TAB>text_b'."
-                )
-            if columns is None:
-                columns = len(fields)
-            elif len(fields) != columns:
-                raise DataError(
-                    f"{path}, line {number}: {len(fields)} columns, but earlier lines have "
-                    f"{columns}; every line of a file must have the same layout."
-                )
-            label = fields[0].strip()
-            if not label:
-                raise DataError(f"{path}, line {number}: empty label in the first column.")
-            labels.append(label)
-            text_a.append(fields[1])
-            if columns == 3:
-                text_b.append(fields[2])
-            lines.append(number)
-    if not labels:
-        raise DataError(f"{path} holds no examples: expected 'label<TAB>text' lines.")
-    return RawExamples(path, text_a, text_b if columns == 3 else None, labels, lines)
-
-
-def _as_text(value) -> str:
-    value = value.item() if isinstance(value, np.ndarray) else value
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def read_tfds(spec: str, text_a_key: str, text_b_key: str, label_key: str) -> RawExamples:
-    """Reads a TFDS split by random access; integer ClassLabel values become their names."""
-    import tensorflow_datasets as tfds  # Slow to import, and only this source needs it.
-
-    name, split = documents.parse_tfds_spec(spec)
-    try:
-        source = tfds.data_source(name, split=split)
-    except Exception as e:  # TFDS raises many types (not prepared, bad name, no network).
-        raise DataError(
-            f"cannot open TFDS dataset {name!r} split {split!r}: {e}".splitlines()[0]
-        ) from e
-    features = source.dataset_info.features
-    keys = [text_a_key, label_key] + ([text_b_key] if text_b_key else [])
-    missing = [k for k in keys if k not in features]
-    if missing:
-        raise ConfigError(
-            f"TFDS dataset {name!r} has no feature {missing[0]!r} (it has {sorted(features)}): "
-            "set data.text_a_key, data.text_b_key and data.label_key."
-        )
-    names = list(features[label_key].names) if hasattr(features[label_key], "names") else None
-    text_a, text_b, labels = [], [], []
-    for i in range(len(source)):
-        record = source[i]
-        label = record[label_key]
-        if names is not None:
-            index = int(label)
-            if not 0 <= index < len(names):
-                raise DataError(
-                    f"{spec}, record {i}: label {index} is not a class of {name!r} (GLUE test "
-                    "splits are unlabelled, -1): evaluate on a labelled split (validation)."
-                )
-            labels.append(names[index])
-        else:
-            labels.append(_as_text(label))
-        text_a.append(_as_text(record[text_a_key]))
-        if text_b_key:
-            text_b.append(_as_text(record[text_b_key]))
-    if not labels:
-        raise DataError(f"{spec} holds no examples.")
-    records = list(range(len(labels)))
-    return RawExamples(spec, text_a, text_b if text_b_key else None, labels, records, names)
-
-
-def read_examples(spec: str, data_config) -> RawExamples:
-    """A TSV path or a `tfds:` spec, with feature names from `data_config` for TFDS."""
-    if documents.is_tfds_spec(spec):
-        return read_tfds(
-            spec, data_config.text_a_key, data_config.text_b_key, data_config.label_key
-        )
-    return read_tsv(spec)
 
 
 def label_vocabulary(examples: RawExamples, task: str) -> list[str]:
@@ -394,8 +279,12 @@ def build_datasets(
         raise ConfigError(
             "config.data.train_file is empty: set it to a TSV file (label<TAB>text) or tfds:NAME."
         )
-    train_raw = read_examples(data_config.train_file.strip(), data_config)
+    has_header = data_config.get("has_header")
+    train_raw = skip_header(
+        read_examples(data_config.train_file.strip(), data_config), task, has_header
+    )
     if labels is None:
+        check_label_column(train_raw, task)
         given = [x.strip() for x in data_config.labels.split(",") if x.strip()]
         labels = given if given and task == "classification" else label_vocabulary(train_raw, task)
     labels = list(labels)
@@ -421,7 +310,7 @@ def build_datasets(
     eval_spec = data_config.eval_file.strip()
     if not eval_spec:
         return ClassificationData(train, None, labels, None)
-    eval_raw = read_examples(eval_spec, data_config)
+    eval_raw = skip_header(read_examples(eval_spec, data_config), task, has_header, labels)
     if (eval_raw.text_b is None) != (train_raw.text_b is None):
         raise DataError(
             f"{eval_raw.source} and {train_raw.source} disagree on sentence pairs: one has a "

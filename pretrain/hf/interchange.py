@@ -36,20 +36,22 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from configs import default as default_config
-from data_pipeline import vocab
+from data_pipeline import files, vocab
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
 from pretrain.hf import convert as hf_convert
 from pretrain.hf import tokenizer_files as hf_tokenizer
 from pretrain.models.config import EncoderConfig
 from pretrain.models.heads import PreTrainingModel
 from pretrain.models.params import count_params
-from pretrain.training import steps
+from pretrain.training import claim, steps
 from pretrain.training import workdir as workdir_lib
 from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.errors import WorkdirError
 from pretrain.training.optimizer import make_optimizer
 
 HF_CONFIG = "config.json"
@@ -102,6 +104,12 @@ def restore_params(
     `step` None: the newest complete checkpoint. The model's shape comes from the config saved
     with the checkpoint and the vocabulary size from the workdir's tokenizer, as in training.
     """
+    kind = claim.read_kind(workdir)
+    if kind is not None and kind["kind"] != "pretraining":
+        raise WorkdirError(
+            f"{workdir} is a {kind['kind']} workdir; this export reads pretraining workdirs "
+            "(of `pretrain.train` or `pretrain.import_hf`)."
+        )
     tokenizer_path = workdir_lib.tokenizer_file(workdir)
     directory = workdir_lib.checkpoints_dir(workdir)
     if not tokenizer_path.exists() or not directory.is_dir():
@@ -155,11 +163,12 @@ def export_workdir(workdir: str, output: str, step: int | None = None) -> Export
         os.path.join(output, HF_WEIGHTS),
         metadata={"format": "pt"},  # transformers refuses files without it.
     )
-    with open(os.path.join(output, HF_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(hf_convert.bert_config_to_hf(config), f, indent=2)
-    files = hf_tokenizer.export_tokenizer(tokenizer, output, config.max_position_embeddings)
+    files.write_text(
+        os.path.join(output, HF_CONFIG), json.dumps(hf_convert.bert_config_to_hf(config), indent=2)
+    )
+    written = hf_tokenizer.export_tokenizer(tokenizer, output, config.max_position_embeddings)
     num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
-    return Exported(step=step, num_params=num_params, files=[HF_CONFIG, HF_WEIGHTS, *files])
+    return Exported(step=step, num_params=num_params, files=[HF_CONFIG, HF_WEIGHTS, *written])
 
 
 def load_hf_state_dict(hf_dir: str) -> dict[str, np.ndarray]:
@@ -339,11 +348,10 @@ def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
     checkpointer.save(0, state, config.to_dict())
     checkpointer.wait()
     checkpointer.close()
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    files.write_text(os.path.join(workdir, claim.CONFIG_FILE), config.to_json_best_effort(indent=2))
     config_file = os.path.join(workdir, CONFIG_FILE)
-    with open(config_file, "w", encoding="utf-8") as f:
-        f.write(_config_file_text(config, hf_dir, workdir))
+    files.write_text(config_file, _config_file_text(config, hf_dir, workdir))
+    claim.record_kind(epath.Path(workdir), claim.describe("pretraining", config))
     return Imported(
         num_params=count_params(state.params),
         vocab_size=tokenizer.vocab_size,

@@ -135,15 +135,27 @@ class ClassificationTask(FinetuningTask):
         return row
 
     def on_end(self, workdir: epath.Path, outputs: dict[str, np.ndarray] | None) -> None:
-        """`index<TAB>prediction<TAB>label` per eval example (class names, or scores)."""
+        """WORKDIR/predictions.tsv from the best checkpoint's eval pass: per eval example its
+        predicted label and probability (or score), the gold label and the text."""
         if outputs is None:
             return
         logits = outputs["logits"]
-        if self.labels:
-            predicted = [self.labels[i] for i in np.argmax(logits, axis=-1)]
-        else:
-            predicted = [f"{x:.6g}" for x in logits[:, 0]]
         examples = self.dataset.eval_examples
-        lines = ["index\tprediction\tlabel"]
-        lines += [f"{i}\t{p}\t{g}" for i, (p, g) in enumerate(zip(predicted, examples.label))]
+        header = ["index", "prediction", "probability", "label", "text"]
+        if self.labels:
+            probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+            predicted = [self.labels[i] for i in np.argmax(probs, axis=-1)]
+            probability = [f"{p:.4f}" for p in probs.max(axis=-1)]
+        else:
+            predicted, probability = [f"{x:.6g}" for x in logits[:, 0]], [""] * len(logits)
+        texts = [examples.text_a] + ([examples.text_b] if examples.text_b is not None else [])
+        if examples.text_b is not None:
+            header.append("text_b")
+        lines = ["\t".join(header)]
+        for i, row in enumerate(zip(predicted, probability, examples.label, *texts)):
+            lines.append("\t".join([str(i), *(_one_line(x) for x in row)]))
         files.write_text(workdir / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())  # A TSV cell: no tabs or line breaks.

@@ -110,20 +110,24 @@ class Checkpointer:
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Restores only the `params` of the train state saved at `step`, into the shapes, dtypes
-        and shardings of `abstract_params`; the optimizer state is never read (export tools)."""
+        and shardings of `abstract_params`; the optimizer state is never read (orbax partial
+        restore). Read through a fresh handler: the manager's own one for the item may be a
+        StandardCheckpointHandler (after a save), which cannot restore part of a tree."""
         item = {"params": abstract_params}
         check_shapes(self._saved_state_metadata(step), item, step)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            restored = handler.restore(
+                self.directory / str(step) / "state",
+                args=ocp.args.PyTreeRestore(
                     item=item,
                     restore_args=ocp.checkpoint_utils.construct_restore_args(item),
                     partial_restore=True,
-                )
-            ),
-        )
-        return restored["state"]["params"]
+                ),
+            )
+        finally:
+            handler.close()
+        return restored["params"]
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | None:
         """(state, step) of the newest checkpoint that restores; None when there is none.

@@ -26,16 +26,15 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from data_pipeline import files
 from pretrain.perf import flops
 from pretrain.tasks.base import Task
-from pretrain.training import sharding, steps, validation
+from pretrain.training import claim, sharding, steps, validation
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import NonFiniteError
 from pretrain.training.metrics import MetricsWriter, ProgressLine, status
 from pretrain.training.optimizer import make_optimizer
 from pretrain.training.preemption import PreemptionWatcher
-from pretrain.training.workdir import BEST_DIR, CONFIG_FILE, checkpoints_dir, make_workdir
+from pretrain.training.workdir import BEST_DIR, checkpoints_dir
 
 Put = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
 
@@ -165,7 +164,8 @@ class _Throughput:
 
 
 def _due(step: int, every: int, last: int) -> bool:
-    return (every > 0 and step % every == 0) or step == last
+    """Every `every` steps and at the last step; never when `every` is 0."""
+    return every > 0 and (step % every == 0 or step == last)
 
 
 def train(
@@ -174,14 +174,30 @@ def train(
     """Trains the task as `config` says, resuming from WORKDIR/checkpoints; returns the last eval
     row (empty when there was no evaluation)."""
     workdir_path = epath.Path(workdir)
-    preemption = PreemptionWatcher()  # First: a SIGTERM during data preparation is not lost.
-    task_cls.check_config(config)
-    mesh = sharding.create_mesh(config.mesh)
-    rules = tuple(config.mesh.logical_axis_rules)
-    validation.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
-    make_workdir(workdir_path)
-    if jax.process_index() == 0:
-        files.write_text(workdir_path / CONFIG_FILE, config.to_json_best_effort(indent=2))
+    preemption = PreemptionWatcher()  # First: a signal during data preparation is not lost.
+    lock = None
+    try:
+        task_cls.check_config(config)
+        mesh = sharding.create_mesh(config.mesh)
+        rules = tuple(config.mesh.logical_axis_rules)
+        validation.check_batch_layout(config, sharding.data_parallel_size(mesh, rules))
+        lock = claim.claim(workdir_path, task_cls.kind, config)
+        return _build_and_run(config, workdir_path, task_cls, mesh, rules, preemption)
+    finally:
+        if lock is not None:
+            lock.release()
+        preemption.close()
+
+
+def _build_and_run(
+    config: ml_collections.ConfigDict,
+    workdir_path: epath.Path,
+    task_cls: type[Task],
+    mesh: jax.sharding.Mesh,
+    rules: sharding.Rules,
+    preemption: PreemptionWatcher,
+) -> dict[str, float]:
+    """The task's data, the jitted steps and the state, then the loop."""
     task = task_cls.build(config, workdir_path)
     record = task.checkpoint_record()
     tx, schedule = make_optimizer(
@@ -234,16 +250,32 @@ class _Best:
     def __init__(self, manager: Checkpointer | None, metric: str | None, record: dict[str, Any]):
         self.manager, self.metric, self.record = manager, metric, record
         self.value = -np.inf
+        self.step, self.outputs = None, None  # The best evaluation of this session.
         if manager is not None and (step := manager.latest_step()) is not None:
             self.value = manager.read_config(step)["best"]["value"]
 
-    def offer(self, step: int, state: steps.TrainState, row: dict, guard: _FiniteGuard) -> None:
+    def offer(
+        self, step: int, state: steps.TrainState, row: dict, outputs: dict, guard: _FiniteGuard
+    ) -> None:
         if self.manager is None or not row[self.metric] > self.value:
             return
         guard.check(state)  # Never keep a state past a step that should have stopped the run.
-        self.value = row[self.metric]
+        self.value, self.step, self.outputs = row[self.metric], step, outputs
         best = {"metric": self.metric, "value": self.value}
         self.manager.save(step, state, {**self.record, "best": best}, force=True)
+
+    def final_outputs(
+        self, last: dict | None, jitted: steps.Steps, task: Task, feed: _Feed
+    ) -> dict | None:
+        """The eval outputs of the best checkpoint (re-evaluated if it is from an earlier
+        session), or of the last evaluation when no best is kept."""
+        if self.step is not None:  # This session found the best: its save may be in flight.
+            return self.outputs
+        saved = None if self.manager is None else self.manager.latest_step()
+        if saved is None:
+            return last
+        params = self.manager.restore_params(saved, jitted.abstract_state.params)
+        return evaluate(jitted.eval_step, params, task, feed)[1]
 
 
 def _run(
@@ -299,10 +331,10 @@ def _run(
                     f"eval at step {step}: "
                     + ", ".join(f"{k} {v:.4f}" for k, v in eval_row.items())
                 )
-                keeper.offer(step, state, eval_row, guard)
+                keeper.offer(step, state, eval_row, outputs, guard)
             stop = preemption.should_stop(step)
             if stop:
-                logging.warning("Preempted (SIGTERM): saving step %d and exiting.", step)
+                logging.warning("Stop requested: saving step %d and exiting.", step)
             if stop or _due(step, config.checkpoint_every_steps, last):
                 guard.check(state)  # Never save past a step that should have stopped the run.
                 checkpointer.save(step, state, record, force=stop)  # One save per step.
@@ -311,6 +343,8 @@ def _run(
             meter.exclude(time.time() - side_work_start)
     finally:
         writer.close()
-    if is_main:
-        task.on_end(workdir, outputs)
+    if task.eval_data is not None:
+        final = keeper.final_outputs(outputs, jitted, task, eval_feed)  # All processes: collective.
+        if is_main:
+            task.on_end(workdir, final)
     return eval_row

@@ -41,22 +41,92 @@ def _positive(config: ml_collections.ConfigDict, *keys: str) -> None:
             raise ConfigError(f"config.{key} must be a positive integer, got {value!r}.")
 
 
+def _non_negative(config: ml_collections.ConfigDict, *keys: str) -> None:
+    for key in keys:
+        value = _value(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"config.{key} must be an integer >= 0, got {value!r}.")
+
+
+def _in_range(config: ml_collections.ConfigDict, key: str, low: float, high: float,
+              *, high_open: bool = False) -> None:  # fmt: skip
+    value = _value(config, key)
+    if (
+        not isinstance(value, int | float)
+        or not (low <= value <= high)
+        or (high_open and value == high)
+    ):
+        bracket = ")" if high_open else "]"
+        raise ConfigError(f"config.{key}={value!r} must be in [{low}, {high}{bracket}.")
+
+
 def check_common(config: ml_collections.ConfigDict) -> None:
     """The keys every training command has: step counts, batch sizes, cadences, dtype."""
     _positive(config, *_COMMON_POSITIVE)
+    _non_negative(config, "seed", "max_bad_steps", "eval_every_steps", "prefetch_batches")
     if config.dtype not in DTYPES:
         raise ConfigError(f"config.dtype must be one of {DTYPES}, got {config.dtype!r}.")
-    if config.max_bad_steps < 0:
-        raise ConfigError(f"config.max_bad_steps must be >= 0, got {config.max_bad_steps}.")
-    if config.eval_every_steps < 0:
+    check_optimizer(config)
+
+
+def check_optimizer(config: ml_collections.ConfigDict) -> None:
+    """config.optimizer: values that no schedule or optimizer can use."""
+    opt = config.optimizer
+    if opt.name not in ("adamw", "lamb"):
+        raise ConfigError(f"config.optimizer.name must be 'adamw' or 'lamb', got {opt.name!r}.")
+    if not opt.learning_rate > 0:
+        raise ConfigError(f"config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.")
+    warmup = opt.warmup_steps
+    if warmup == -1 and "warmup_fraction" in opt:
+        _in_range(config, "optimizer.warmup_fraction", 0.0, 1.0)
+    elif not isinstance(warmup, int) or warmup < 0:
+        raise ConfigError(f"config.optimizer.warmup_steps must be >= 0, got {warmup!r}.")
+    elif warmup > config.num_train_steps:
         raise ConfigError(
-            f"config.eval_every_steps must be >= 0 (0: never), got {config.eval_every_steps}."
+            f"config.optimizer.warmup_steps={warmup} exceeds config.num_train_steps="
+            f"{config.num_train_steps}: the learning rate would never reach its peak; lower the "
+            "warmup (BERT: 1% of the steps, GLUE: 10%)."
+        )
+    if opt.decay not in ("linear", "polynomial", "constant"):
+        raise ConfigError(
+            "config.optimizer.decay must be 'linear', 'polynomial' or 'constant', "
+            f"got {opt.decay!r}."
+        )
+    if not opt.decay_power > 0:
+        raise ConfigError(f"config.optimizer.decay_power must be > 0, got {opt.decay_power}.")
+    _in_range(config, "optimizer.end_learning_rate", 0.0, float(opt.learning_rate))
+    _in_range(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+    _in_range(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+    for key in ("weight_decay", "max_grad_norm"):
+        if not opt[key] >= 0:
+            raise ConfigError(f"config.optimizer.{key} must be >= 0, got {opt[key]}.")
+    if not opt.eps > 0:
+        raise ConfigError(f"config.optimizer.eps must be > 0, got {opt.eps}.")
+    if "layerwise_lr_decay" in opt and not 0 < opt.layerwise_lr_decay <= 1:
+        raise ConfigError(
+            f"config.optimizer.layerwise_lr_decay must be in (0, 1], got {opt.layerwise_lr_decay}."
         )
 
 
 def check_pretraining(config: ml_collections.ConfigDict) -> None:
     """A pretraining config: the common keys, the model sizes and the masking sizes."""
     check_common(config)
+    _non_negative(config, "max_eval_batches", "benchmark.warmup_steps")
+    _positive(config, "data.dupe_factor", "benchmark.timed_steps", "benchmark.input_batches")
+    _in_range(config, "data.masked_lm_prob", 0.0, 1.0)
+    _in_range(config, "data.short_seq_prob", 0.0, 1.0)
+    _in_range(config, "data.random_next_prob", 0.0, 1.0)
+    if not config.data.masked_lm_prob > 0:
+        raise ConfigError("config.data.masked_lm_prob must be > 0: nothing would be predicted.")
+    if not config.data.tokenizer_model and config.data.vocab_size <= 5:
+        raise ConfigError(
+            f"config.data.vocab_size={config.data.vocab_size} leaves no room beside the 5 "
+            "special tokens: use thousands (BERT: 30522)."
+        )
+    if config.data.max_seq_length < 8:
+        raise ConfigError(
+            f"config.data.max_seq_length={config.data.max_seq_length} is too short: use >= 8."
+        )
     _positive(
         config,
         "data.max_predictions_per_seq",

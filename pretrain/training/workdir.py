@@ -28,37 +28,14 @@ from data_pipeline import pretokenize, vocab
 from data_pipeline.errors import MissingInputError
 from data_pipeline.vocab import unigram, wordpiece
 from pretrain.training.checkpoint import Checkpointer
-from pretrain.training.errors import WorkdirError
 from pretrain.training.metrics import status
 
-CONFIG_FILE = "config.json"  # The config of the newest run in the workdir.
 TOKENIZER_FILE = "tokenizer.model"
 WORDPIECE_FILE = wordpiece.VOCAB_FILE
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"  # Fine-tuning: the checkpoint with the best eval metric.
 # Every file a workdir's tokenizer may consist of (sentencepiece or WordPiece).
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer.vocab", WORDPIECE_FILE, wordpiece.CONFIG_FILE)
-
-
-def make_workdir(workdir: str | epath.PathLike) -> epath.Path:
-    """Creates the workdir (process 0); WorkdirError when the path cannot be a folder."""
-    path = epath.Path(workdir)
-    if jax.process_index() != 0:
-        return path
-    if path.exists() and not path.is_dir():
-        raise WorkdirError(f"--workdir={path} is a file, not a folder: pick another --workdir.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (NotADirectoryError, FileExistsError) as e:
-        raise WorkdirError(
-            f"--workdir={path} cannot be created: {e.filename or path} is a file, not a folder; "
-            "pick another --workdir."
-        ) from None
-    except PermissionError:
-        raise WorkdirError(
-            f"--workdir={path} cannot be created: permission denied; pick a writable --workdir."
-        ) from None
-    return path
 
 
 def tokenizer_path(workdir: str | epath.PathLike) -> epath.Path:
