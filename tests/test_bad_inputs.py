@@ -231,3 +231,32 @@ def test_unreadable_training_file(data):
     finally:
         Path(folder / "train.txt").chmod(stat.S_IRUSR | stat.S_IWUSR)
         shutil.rmtree(folder)
+
+
+def test_warmup_longer_than_the_run(data, tmp_path, capsys, caplog):
+    _fails(
+        data, tmp_path / "w", capsys, caplog, "optimizer.warmup_steps=10 exceeds",
+        "num_train_steps=6", optimizer__warmup_steps=10,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(optimizer__b2=1.0), "optimizer.b2=1.0 must be in [0.0, 1.0)"),
+        (dict(optimizer__end_learning_rate=1.0), "optimizer.end_learning_rate=1.0"),
+        (dict(data__masked_lm_prob=0.0), "masked_lm_prob must be > 0"),
+        (dict(seed=-1), "config.seed must be an integer >= 0"),
+    ],
+)
+def test_values_no_run_can_use(data, tmp_path, capsys, caplog, overrides, message):
+    _fails(data, tmp_path / "w", capsys, caplog, message, **overrides)
+
+
+def test_eval_every_steps_0_never_evaluates(data, tmp_path, capsys):
+    config = tiny_config(data, eval_every_steps=0, num_train_steps=2)
+    code, _ = run_in_process(
+        lambda: loop.train(config, str(tmp_path / "w"), PretrainingTask), capsys
+    )
+    train, evals = read_metrics(tmp_path / "w")
+    assert code == 0 and sorted(train) == [1, 2] and not evals

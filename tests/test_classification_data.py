@@ -17,6 +17,7 @@ def _data_config(**overrides) -> ml_collections.ConfigDict:
             text_b_key="",
             label_key="label",
             labels="",
+            has_header=None,
         )
     )
     c.update(overrides)
@@ -175,3 +176,36 @@ def test_tfds_source_with_configurable_features(pipeline_tokenizer):
     batch = data.eval.batch(1)
     np.testing.assert_array_equal(batch["example_weight"], [1, 1, 0, 0])
     assert batch["segment_ids"][0].max() == 1  # A real pair.
+
+
+def _rows(labels_and_texts):
+    return [f"{label}\t{text}" for label, text in labels_and_texts]
+
+
+def test_a_header_row_is_skipped_with_a_warning_or_as_configured(tmp_path, caplog):
+    body = [("pos" if i % 2 else "neg", f"sentence number {i}") for i in range(12)]
+    path = _write(tmp_path / "h.tsv", _rows([("label", "sentence"), *body]))
+    config = _data_config(train_file=path)
+    with caplog.at_level("WARNING"):
+        data = classification.build_datasets(
+            config, _FakeTokenizer(), task="classification", seed=0, global_batch_size=4,
+            eval_batch_size=4,
+        )  # fmt: skip
+    assert data.labels == ["neg", "pos"] and data.train.num_examples == 12
+    assert "skipped line 1 (label 'label') as a header row" in caplog.text
+    config.has_header = False  # Told it is an example: kept (a class named 'label').
+    data = classification.build_datasets(
+        config, _FakeTokenizer(), task="classification", seed=0, global_batch_size=4,
+        eval_batch_size=4,
+    )  # fmt: skip
+    assert data.labels == ["label", "neg", "pos"]
+
+
+def test_swapped_columns_stop_with_one_line(tmp_path):
+    rows = _rows([(f"this is sentence number {i} of the file", "pos") for i in range(30)])
+    config = _data_config(train_file=_write(tmp_path / "s.tsv", rows))
+    with pytest.raises(ValueError, match="columns look swapped"):
+        classification.build_datasets(
+            config, _FakeTokenizer(), task="classification", seed=0, global_batch_size=4,
+            eval_batch_size=4,
+        )  # fmt: skip

@@ -107,3 +107,14 @@ def test_tfds_source_through_the_real_data_source_code_path():
         assert docs == documents.read_documents("tfds:lm1b:train")  # Deterministic, same split.
     assert len(docs) == 7
     assert all(isinstance(s, str) and s for d in docs for s in d)
+
+
+def test_an_unprepared_tfds_dataset_says_how_to_prepare_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"'glue/sst2' split 'train' is not prepared.*tfds build glue/sst2"
+    ):
+        list(documents.iter_documents("tfds:glue/sst2"))
+    with pytest.raises(ValueError, match="TFDS has no dataset 'no_such_dataset'"):
+        list(documents.iter_documents("tfds:no_such_dataset"))
+    assert not any(tmp_path.iterdir())  # Nothing downloaded or built.

@@ -114,16 +114,21 @@ class _HookedData:
         return self.transform(step + 1, self.data.batch(step, rows=rows))
 
 
-def _task_with(transform=None, on_eval=None):
-    """PretrainingTask whose train batches pass through `transform` and whose evaluations call
+def _task_with(transforms=(), on_eval=None):
+    """PretrainingTask whose train batches pass through `transforms` and whose evaluations call
     `on_eval()` before their row is written: the shipped loop and task, one seam each."""
     from pretrain.tasks.pretraining import PretrainingTask
+
+    def transform(step, batch):
+        for fn in transforms:
+            batch = fn(step, batch)
+        return batch
 
     class Hooked(PretrainingTask):
         @classmethod
         def build(cls, config, workdir):
             task = super().build(config, workdir)
-            if transform is not None:
+            if transforms:
                 task.train_data = _HookedData(task.train_data, transform)
             return task
 
@@ -136,7 +141,7 @@ def _task_with(transform=None, on_eval=None):
     return Hooked
 
 
-def _pause_before_step(arg: str):
+def _pause_before_step(arg: str) -> dict:
     """Steps 1..N-1 can run, the batch of step N never arrives."""
 
     def pause_at(step, batch):
@@ -144,10 +149,20 @@ def _pause_before_step(arg: str):
             _pause()
         return batch
 
-    return _task_with(transform=pause_at)
+    return {"transforms": [pause_at]}
 
 
-def _pause_in_eval(arg: str):
+def _slow_batches(arg: str) -> dict:
+    """Every batch takes `arg` seconds more to build: a run long enough to signal mid-way."""
+
+    def slow(step, batch):
+        time.sleep(float(arg))
+        return batch
+
+    return {"transforms": [slow]}
+
+
+def _pause_in_eval(arg: str) -> dict:
     """The N-th evaluation of this process has run; its row is not written yet."""
     calls = []
 
@@ -156,10 +171,10 @@ def _pause_in_eval(arg: str):
         if len(calls) == int(arg):
             _pause()
 
-    return _task_with(on_eval=on_eval)
+    return {"on_eval": on_eval}
 
 
-def _pause_in_save(arg: str) -> None:
+def _pause_in_save(arg: str) -> dict:
     """Step N is fully written to its tmp folder; orbax's commit (the rename) has not run."""
     from orbax.checkpoint._src.path import atomicity
 
@@ -172,10 +187,10 @@ def _pause_in_save(arg: str) -> None:
         return await original(self, *args, **kwargs)
 
     cls.finalize = finalize
-    return _task_with()
+    return {}
 
 
-def _nan_at_steps(arg: str):
+def _nan_at_steps(arg: str) -> dict:
     """The batches of the listed steps give a NaN loss, as corrupt data or an overflow would."""
     bad = {int(s) for s in arg.split(",")}
 
@@ -184,11 +199,12 @@ def _nan_at_steps(arg: str):
             batch = {**batch, "masked_lm_weights": batch["masked_lm_weights"] * float("nan")}
         return batch
 
-    return _task_with(transform=poison)
+    return {"transforms": [poison]}
 
 
 _HOOKS = {
     "pause_before_step": _pause_before_step,
+    "slow_batches": _slow_batches,
     "pause_in_eval": _pause_in_eval,
     "pause_in_save": _pause_in_save,
     "nan_at_steps": _nan_at_steps,
@@ -204,8 +220,12 @@ def _hooked_main() -> None:
 
     from pretrain import command, train
 
-    name, _, arg = os.environ["FAULT_HOOK"].partition(":")
-    task_cls = _HOOKS[name](arg)
+    seams = {"transforms": [], "on_eval": None}
+    for hook in os.environ["FAULT_HOOK"].split(";"):  # name:arg;name:arg
+        name, _, arg = hook.partition(":")
+        for key, value in _HOOKS[name](arg).items():
+            seams[key] = seams[key] + value if key == "transforms" else value
+    task_cls = _task_with(**seams)
     sys.argv[0] = "pretrain.train"
     app.run(functools.partial(train.main, task_cls=task_cls), flags_parser=command.parse_flags)
 
@@ -345,6 +365,18 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(reference, tmp_pat
 def test_checkpoint_of_another_model_size_is_one_line(reference, tmp_path):
     data, reference_dir = reference
     workdir = _copy_of(reference_dir, tmp_path)
+    before = _tree_digest(workdir)
+    proc = run_module(
+        "pretrain.train", _flags(data, workdir, model__intermediate_size=48), check=False
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {workdir} holds checkpoints of a run with another config")
+    assert "model.intermediate_size: 64 -> 48" in last
+    assert _tree_digest(workdir) == before  # Refused before writing: config.json too.
+
+    # Without the saved config (a workdir of an older version), the checkpoint's shapes refuse.
+    (workdir / "config.json").unlink()
     proc = run_module(
         "pretrain.train", _flags(data, workdir, model__intermediate_size=48), check=False
     )
@@ -448,3 +480,93 @@ def test_max_bad_steps_skips_that_many_non_finite_steps(reference, tmp_path, nan
             )
         )
         assert _complete_steps(workdir) == [3]
+
+
+# --- Ctrl-C and a second writer ----------------------------------------------------------------
+
+
+def _start(hook: str, args: list[str], tmp_path: Path, log_name: str) -> tuple:
+    """Starts the hooked CLI in the background: (process, its stderr file)."""
+    log = tmp_path / log_name
+    proc = subprocess.Popen(
+        [*_HOOKED_CLI, *args],
+        cwd=REPO,
+        env=_hook_env(hook, tmp_path / "marker"),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    return proc, log
+
+
+def _wait_for(condition, proc, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def _train_steps(workdir: Path) -> list[int]:
+    path = workdir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [row["step"] for row in rows if "loss" in row]
+
+
+def test_ctrl_c_saves_the_current_step_exits_0_and_resumes_exactly(reference, tmp_path):
+    data, reference_dir = reference
+    workdir = tmp_path / "run"
+    args = _flags(data, workdir)
+    proc, log = _start("slow_batches:0.4", args, tmp_path, "first.txt")
+    _wait_for(lambda: any(s >= 4 for s in _train_steps(workdir)), proc, log)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    stderr = log.read_text()
+    assert "Ctrl-C: saving the current step" in stderr and "Traceback" not in stderr
+    stopped_at = max(_train_steps(workdir))
+    assert 4 <= stopped_at < STEPS and _complete_steps(workdir)[-1] == stopped_at
+
+    proc = run_module("pretrain.train", args)
+    assert _resumed_at(proc.stderr) == stopped_at
+    _assert_rows_match(workdir, reference_dir)
+
+
+def test_a_second_ctrl_c_while_saving_stops_at_once_keeping_the_last_checkpoint(
+    reference, tmp_path
+):
+    data, _ = reference
+    workdir = tmp_path / "run"
+    # Step 6's save never commits (the hook blocks orbax's rename), so the Ctrl-C save of a later
+    # step waits behind it until the second Ctrl-C.
+    proc, log = _start("pause_in_save:6;slow_batches:0.3", _flags(data, workdir), tmp_path, "e.txt")
+    _wait_for(lambda: 7 in _train_steps(workdir), proc, log)
+    before = _tree_digest(workdir / "checkpoints" / "3")
+    proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: "Ctrl-C: saving" in log.read_text(), proc, log)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    assert "Second Ctrl-C: stopping at once" in log.read_text()
+    assert _complete_steps(workdir) == [3]
+    assert _tree_digest(workdir / "checkpoints" / "3") == before
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(reference, tmp_path):
+    data, reference_dir = reference
+    workdir = tmp_path / "run"
+    args = _flags(data, workdir)
+    first, log = _start("slow_batches:1.5", args, tmp_path, "first.txt")  # 9 steps: ~14 s.
+    _wait_for(lambda: bool(_train_steps(workdir)), first, log)
+
+    second = run_module("pretrain.train", args, check=False)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert lines[-1].startswith(f"error: {workdir} is in use by another run (pid {first.pid} on ")
+
+    # The first run is unharmed: it goes on past its step-3 checkpoint. Then it dies (kill -9).
+    _wait_for(lambda: (workdir / "checkpoints" / "3").is_dir() and 5 in _train_steps(workdir),
+              first, log)  # fmt: skip
+    first.kill()
+    first.wait()
+    third = run_module("pretrain.train", args)
+    assert "Taking over" in third.stderr and _resumed_at(third.stderr) == 3
+    _assert_rows_match(workdir, reference_dir)

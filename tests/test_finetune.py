@@ -144,7 +144,9 @@ def test_resumed_run_matches_the_uninterrupted_one(keyword_run, tmp_path):
     """A copy of the run cut back to its step-30 checkpoint, restarted, retraces steps 31-60."""
     straight, flags = keyword_run
     resumed = tmp_path / "ft"
-    shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("60", "predictions*", "*.lock"))
+    shutil.copytree(
+        straight, resumed, ignore=shutil.ignore_patterns("60", "predictions*", "*.lock")
+    )
     rows = (straight / "metrics.jsonl").read_text().splitlines()
     kept = [row for row in rows if json.loads(row)["step"] <= 30]
     (resumed / "metrics.jsonl").write_text("\n".join(kept) + "\n")

@@ -123,3 +123,19 @@ def test_sigterm_during_data_preparation_exits_0_without_training(tmp_path):
         not (tmp_path / "w" / "metrics.jsonl").exists()
         or "loss" not in (tmp_path / "w" / "metrics.jsonl").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    "module, config, message",
+    [
+        ("pretrain.train", "configs/nope.py", "--config=configs/nope.py cannot be loaded: "),
+        ("pretrain.train", "configs/finetune_classify.py", "is a fine-tuning config"),
+        ("pretrain.finetune", "configs/smoke.py", "is a pretraining config"),
+    ],
+)
+def test_a_config_file_that_is_missing_or_for_the_other_command(tmp_path, module, config, message):
+    proc = run_module(module, [f"--config={config}", f"--workdir={tmp_path / 'w'}"], check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert lines[-1].startswith("error: ") and message in lines[-1]
+    assert not (tmp_path / "w").exists()
