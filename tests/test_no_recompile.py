@@ -53,6 +53,7 @@ def test_loop_compiles_train_and_eval_steps_once(
     config.global_batch_size, config.eval_batch_size, config.max_eval_batches = 16, 16, 2
     # Steps that log, evaluate and checkpoint, and steps that do none of it.
     config.num_train_steps, config.log_every_steps = 7, 2
+    config.optimizer.warmup_steps = 2
     config.eval_every_steps = config.checkpoint_every_steps = 3
     with caplog.at_level(logging.WARNING), jax.log_compiles(True):
         loop.train(config, str(tmp_path), PretrainingTask)

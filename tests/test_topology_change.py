@@ -86,7 +86,7 @@ def _preempt(
     os.kill(int(last.read_text()) if last.exists() else proc.pid, signal.SIGTERM)
     finish(proc, logs)  # Exit status 0 from every process.
     saved = [
-        re.findall(r"Preempted \(SIGTERM\): saving step (\d+)", log.read_text())
+        re.findall(r"Stop requested: saving step (\d+)", log.read_text())
         for log in sorted(logs.glob("process_*.log"))
     ]
     assert len(saved) == processes and len(saved[0]) == 1, saved

@@ -150,15 +150,23 @@ def check_kind(workdir: epath.Path, wanted: dict[str, Any]) -> None:
 
 
 def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-    """The resumable changes against the saved config (WorkdirError for any other change)."""
+    """The resumable changes against the saved config (WorkdirError for any other change).
+
+    A workdir whose only checkpoint is step 0 (an imported model) has not trained yet: its data,
+    seed and batch size are still the new run's to choose; its model shapes are not.
+    """
     path = workdir / CONFIG_FILE
-    has_checkpoints = (workdir / "checkpoints").is_dir() and any(
-        p.name.isdigit() for p in (workdir / "checkpoints").iterdir()
-    )
-    if not path.exists() or not has_checkpoints:
+    folder = workdir / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    if not path.exists() or not steps:
         return {}
     changes = config_changes(json.loads(path.read_text()), _as_json(config))
-    fixed = {k: v for k, v in changes.items() if not _resumable(k)}
+    trained = max(steps) > 0
+    fixed = {
+        k: v
+        for k, v in changes.items()
+        if not _resumable(k) and (trained or k.startswith("model."))
+    }
     if fixed:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
         raise WorkdirError(
