@@ -43,10 +43,13 @@ def data_config() -> ml_collections.ConfigDict:
     """`config.data`: the corpus, the tokenizer and the masking."""
     # Data: BERT text format (one sentence per line, blank line between documents).
     c = ml_collections.ConfigDict()
-    c.train_files = ""  # Comma-separated globs, or 'tfds:NAME[:split]' to read a TFDS text field.
+    # Comma-separated globs, 'tfds:NAME[:split]' (a TFDS text field), or a directory built by
+    # `python -m data_pipeline.build` (text is built into WORKDIR/data_cache on first start).
+    c.train_files = ""
     c.eval_files = ""  # Same format; a separate, fixed eval set (empty: no eval).
     c.tfds_text_feature = "text"  # Feature holding the document text in a tfds:NAME source.
     c.tokenizer_model = ""  # Sentencepiece .model; empty: train one into WORKDIR first.
+    c.objective = "nsp"  # 'nsp': sentence pairs, MLM + NSP | 'packed': full rows, MLM only.
     c.vocab_size = 30522  # Size of the tokenizer to train (ignored when one is given).
     c.max_seq_length = 128  # Tokens per sequence, [CLS] and [SEP]s included.
     c.max_predictions_per_seq = 20  # Cap on masked positions per sequence.
@@ -54,7 +57,7 @@ def data_config() -> ml_collections.ConfigDict:
     c.whole_word_masking = False  # Mask every piece of a chosen word together.
     c.short_seq_prob = 0.1  # Probability of a shorter target length (original BERT).
     c.random_next_prob = 0.5  # Probability that segment B comes from another document.
-    c.dupe_factor = 1  # Instance-building passes over the corpus (masks are dynamic).
+    c.dupe_factor = 1  # NSP instance-building passes over the corpus (masks are dynamic).
     c.lower_case = True  # Lower-case text before tokenizing (uncased BERT).
     return c
 

@@ -1,21 +1,27 @@
 """Which example fills each row of a global train batch: a pure function of (seed, step, row).
 
 Global position g = step * global_batch_size + row lies in epoch g // N and is example
-`permutation(seed, epoch)[g % N]` of the N examples, with
-`permutation(seed, epoch) = np.random.default_rng([seed, PERMUTATION, epoch]).permutation(N)`.
-No iterator state exists: a resumed run, or a run on another number of processes (each asking
-for its own rows), sees exactly the same examples. Every step-indexed loader (pretraining,
-fine-tuning) orders its examples here, so there is one rule.
+`shuffle(g % N)` of the N examples, where `shuffle` is grain's `index_shuffle`, a bijection of
+[0, N) keyed by (seed, epoch) and computed per index: the permutation is never materialized, so
+a billion examples cost no memory. No iterator state exists: a resumed run, or a run on another
+number of processes (each asking for its own rows), sees exactly the same examples. Every
+step-indexed loader (pretraining, fine-tuning) orders its examples here: one rule.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from grain.experimental import index_shuffle
 
 # Random-stream tags. numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the
-# epoch-0 permutation would draw the stream of anything else seeded with [seed] alone, and
-# masks (keyed by [seed, example, epoch]) would collide with permutations of other epochs.
-PERMUTATION, MASKS = 1, 2
+# streams of different uses of the same seed (permutations, masks, building) would collide.
+PERMUTATION, MASKS, BUILD = 1, 2, 3
+_ROUNDS = 4  # Rounds of grain's Feistel-style index shuffle.
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit key of epoch `epoch`'s permutation."""
+    return int(np.random.SeedSequence([seed, PERMUTATION, epoch]).generate_state(1)[0])
 
 
 class EpochOrder:
@@ -29,16 +35,11 @@ class EpochOrder:
         self.num_examples = num_examples
         self.seed = seed
         self.global_batch_size = global_batch_size
-        self._cached: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
-    def permutation(self, epoch: int) -> np.ndarray:
-        """int64 [N]: the order of the examples in `epoch` (the latest one is cached)."""
-        cached_epoch, order = self._cached  # One read: safe against a racing write.
-        if cached_epoch != epoch:
-            rng = np.random.default_rng([self.seed, PERMUTATION, epoch])
-            order = rng.permutation(self.num_examples)
-            self._cached = (epoch, order)
-        return order
+    def example(self, position: int, epoch: int) -> int:
+        """The example at `position` of `epoch`'s order."""
+        key = epoch_seed(self.seed, epoch)
+        return index_shuffle(position, max_index=self.num_examples - 1, seed=key, rounds=_ROUNDS)
 
     def examples(self, step: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(example, epoch) of each row of global batch `step`, both int64 [len(rows)]."""
@@ -46,10 +47,15 @@ class EpochOrder:
             raise ValueError(f"step={step} must be non-negative")
         positions = step * self.global_batch_size + np.asarray(rows, np.int64)
         epochs, offsets = np.divmod(positions, self.num_examples)
-        examples = np.empty_like(positions)
-        for epoch in np.unique(epochs):  # A batch spans at most a few epochs.
-            in_epoch = epochs == epoch
-            examples[in_epoch] = self.permutation(int(epoch))[offsets[in_epoch]]
+        keys = {int(e): epoch_seed(self.seed, int(e)) for e in np.unique(epochs)}
+        last = self.num_examples - 1
+        examples = np.array(
+            [
+                index_shuffle(int(o), max_index=last, seed=keys[int(e)], rounds=_ROUNDS)
+                for o, e in zip(offsets, epochs)
+            ],
+            np.int64,
+        )
         return examples, epochs
 
 

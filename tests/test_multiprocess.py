@@ -243,8 +243,9 @@ def _rows_worker(process_id: int, port: int, corpus: str, tokenizer: str, out: s
     config.data.max_seq_length, config.data.max_predictions_per_seq = 32, 5
     config.mesh.tensor = 2  # (data=2, tensor=2): each process's two devices hold the same rows.
     train_loader, _ = loader.build_datasets(
-        config.data, Tokenizer(tokenizer), seed=0, global_batch_size=8, eval_batch_size=8
-    )
+        config.data, Tokenizer(tokenizer), seed=0, global_batch_size=8, eval_batch_size=8,
+        cache_dir=str(Path(out).parent / "cache"),  # Shared: the two processes take turns.
+    )  # fmt: skip
     mesh = sharding.create_mesh(config.mesh)
     rules = tuple(config.mesh.logical_axis_rules)
     rows = sharding.process_rows(mesh, rules, 8)
@@ -292,6 +293,7 @@ def test_each_process_loads_its_rows_and_together_they_make_the_global_batch(
         seed=0,
         global_batch_size=8,
         eval_batch_size=8,
+        cache_dir=str(tmp_path / "one-process-cache"),
     )
     expected = full.batch(3)
     for result in results:

@@ -171,8 +171,9 @@ def test_pretraining_batches_from_a_wordpiece_vocabulary(vocab_path, tmp_path):
     config.data.max_predictions_per_seq = 5
     tokenizer = wordpiece.WordPieceTokenizer(vocab_path)
     train, _ = loader.build_datasets(
-        config.data, tokenizer, seed=0, global_batch_size=8, eval_batch_size=8
-    )
+        config.data, tokenizer, seed=0, global_batch_size=8, eval_batch_size=8,
+        cache_dir=str(tmp_path / "cache"),
+    )  # fmt: skip
     batch = train.batch(0)
     ids, mask = batch["input_ids"], batch["input_mask"]
     assert (ids[:, 0] == 101).all()  # [CLS] by its WordPiece id, not sentencepiece's 2.

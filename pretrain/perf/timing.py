@@ -5,8 +5,8 @@
   neither the host nor the data pipeline is in the measurement. Warm-up steps are excluded; each
   timed step is waited for and the median is reported.
 * Input pipeline: `loader.batch(step, rows)` for successive steps from the configured files on
-  one host thread, the work the loop's prefetch threads do (instance building, a one-time cost
-  cached across runs, is reported apart).
+  one host thread, the work the loop's prefetch threads do (building the shards, a one-time
+  cost cached across runs, is reported apart).
 
 Synthetic batches use `data.vocab_size` for the model, so the step timing needs no tokenizer.
 """
@@ -196,8 +196,8 @@ def check_data_files(config: ml_collections.ConfigDict) -> None:
 def time_input_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Tokens/s that `loader.batch` delivers for successive steps from `data.train_files`.
 
-    The tokenizer comes from `data.tokenizer_model` or is trained into `workdir`, where the
-    instance store is cached too (so a second run skips building it).
+    The tokenizer comes from `data.tokenizer_model` or is trained into `workdir`, where text is
+    built into shards too (cached: a second run skips building them).
     """
     workdir_path = epath.Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def time_input_pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict
 
     mesh = sharding.create_mesh(config.mesh)
     rows = sharding.process_rows(mesh, tuple(config.mesh.logical_axis_rules), loader.batch_size)
-    loader.batch(0, rows=rows)  # Warm-up: the first epoch's permutation, numpy's first calls.
+    loader.batch(0, rows=rows)  # Warm-up: the shards' readers open, numpy's first calls.
     num_batches = max(int(config.benchmark.input_batches), 1)
     start = time.perf_counter()
     for step in range(1, num_batches + 1):

@@ -1,8 +1,9 @@
 """Pretraining as a task of the one loop: masked LM + next-sentence prediction (BERT).
 
-Data: NSP instances with dynamic masks (`data_pipeline/loader.py`), the batch of step `s` a pure
-function of (seed, s). Loss: `mlm_sum / mlm_weight + nsp_sum / nsp_weight`, both weights counted
-over the whole global batch (masked positions; real examples).
+Data: NSP instances built into shards (`data_pipeline/shards.py`), read by random access with
+dynamic masks (`data_pipeline/loader.py`); the batch of step `s` is a pure function of (seed, s).
+Loss: `mlm_sum / mlm_weight + nsp_sum / nsp_weight`, both weights counted over the whole global
+batch (masked positions; real examples).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class PretrainingTask(Task):
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> PretrainingTask:
-        """The tokenizer (trained into WORKDIR on first start) and the train and eval data."""
+        """The tokenizer (trained into WORKDIR on first start) and the built train and eval data
+        (text is built into WORKDIR's data cache on first start; a built directory is read)."""
         tokenizer = prepare_tokenizer(config.data, workdir)
         train, evals = data_loader.build_datasets(
             config.data,

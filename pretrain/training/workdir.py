@@ -7,7 +7,7 @@ WORKDIR/tokenizer_config.json  normalization options (data_pipeline/vocab/wordpi
 WORKDIR/checkpoints/<step>/  orbax checkpoints (pretrain/training/checkpoint.py)
 WORKDIR/best/<step>/         fine-tuning: the checkpoint with the best eval metric
 WORKDIR/metrics.jsonl        metrics rows (pretrain/training/metrics.py)
-WORKDIR/data_cache/          instance stores built from the text, reused on restart
+WORKDIR/data_cache/          corpora built from text on first start, reused on restart
 
 WORKDIR may be any etils path (gs://bucket/run): everything here goes through epath; what
 tools read as plain files (the tokenizer, the instance cache) is mirrored in `local_dir`.
@@ -24,7 +24,7 @@ import ml_collections
 from etils import epath
 from jax.experimental import multihost_utils
 
-from data_pipeline import pretokenize, vocab
+from data_pipeline import records, vocab
 from data_pipeline.errors import MissingInputError
 from data_pipeline.vocab import unigram, wordpiece
 from pretrain.training.checkpoint import Checkpointer
@@ -73,7 +73,7 @@ def local_dir(workdir: str | epath.PathLike) -> epath.Path:
 
 
 def data_cache_dir(workdir: str | epath.PathLike) -> str:
-    """Where the instance stores built from the text are cached: a local path on every host."""
+    """Where corpora built from text are cached: a local path on every host."""
     return os.fspath(local_dir(workdir) / "data_cache")
 
 
@@ -102,11 +102,11 @@ def prepare_tokenizer(
         local.mkdir(parents=True, exist_ok=True)
         target = tokenizer_path(local)
         tokenizer_model = data_config.tokenizer_model
-        if not tokenizer_model and pretokenize.is_pretokenized(data_config.train_files):
-            # Pretokenized shards fix the ids: use the tokenizer they were made with.
-            tokenizer_model = str(
-                epath.Path(data_config.train_files.strip()) / pretokenize.TOKENIZER_FILE
-            )
+        train_files = data_config.get("train_files", "")
+        if not tokenizer_model and records.is_built_dir(train_files):
+            # Built shards fix the ids: use the tokenizer they were made with.
+            built = epath.Path(train_files.strip())
+            tokenizer_model = str(tokenizer_file(built))
         if tokenizer_model:
             # Validate before copying.
             source = vocab.load(tokenizer_model)

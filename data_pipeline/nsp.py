@@ -1,4 +1,4 @@
-"""Builds next-sentence-prediction instances from tokenized documents, once, into a store.
+"""Next-sentence-prediction instances of one unit, built the original BERT way.
 
 The recipe is google-research/bert `create_pretraining_data.py` (`create_instances_from_document`):
 per document, a target length (max_seq_length - 3, or with probability short_seq_prob a random
@@ -7,76 +7,23 @@ random sentence boundary into A and B; with probability random_next_prob (always
 is one sentence) B is instead drawn from another document and the unused sentences are put back;
 the pair is truncated to max_seq_length - 3 by trimming the longer segment at a random end.
 
+Segment B of a random-next pair comes from another document *of the same unit* (a unit is one
+shard's worth of input, `data_pipeline/units.py`), exactly as when the original script was run
+once per input shard, which is how it was run on Wikipedia and BooksCorpus. A unit of a single
+document draws B from elsewhere in that document, as BERT does when it finds no other.
+
 Masking is not done here: it is dynamic, per (seed, example index, epoch), in `masking.py`.
-
-Every segment is a contiguous run of its document's tokens (truncation only trims the ends), so
-the store keeps the corpus tokens once, flat, and four offsets per instance:
-
-    tokens          int32 [T]     every document's tokens, concatenated
-    spans           int64 [N, 4]  a_start, a_stop, b_start, b_stop into `tokens`
-    is_random_next  bool  [N]     B was drawn from another document (NSP label 1)
 """
 
-import dataclasses
+from __future__ import annotations
+
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from data_pipeline.errors import ConfigError, DataError
+from data_pipeline.errors import ConfigError
 
-# Increase when the building recipe changes, so caches keyed on it are rebuilt.
-FORMAT_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class InstanceStore:
-    """Random-access NSP instances; `store[i] -> (tokens_a, tokens_b, is_random_next)`."""
-
-    tokens: np.ndarray  # int32 [T]
-    spans: np.ndarray  # int64 [N, 4]
-    is_random_next: np.ndarray  # bool [N]
-    max_seq_length: int  # The length the instances were truncated for (A + B + 3 <= this).
-
-    def __len__(self) -> int:
-        return len(self.spans)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, bool]:
-        a_start, a_stop, b_start, b_stop = self.spans[i]
-        return (
-            self.tokens[a_start:a_stop],
-            self.tokens[b_start:b_stop],
-            bool(self.is_random_next[i]),
-        )
-
-    def save(self, f) -> None:
-        """Writes the store to the binary file object `f` (.npz)."""
-        np.savez(
-            f,
-            tokens=self.tokens,
-            spans=self.spans,
-            is_random_next=self.is_random_next,
-            max_seq_length=np.int64(self.max_seq_length),
-            format_version=np.int64(FORMAT_VERSION),
-        )
-
-    @classmethod
-    def load(cls, path: str) -> "InstanceStore":
-        """Reads a store written by `save`; ValueError if the file is not one."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            version = int(arrays["format_version"])
-            store = cls(
-                tokens=arrays["tokens"],
-                spans=arrays["spans"],
-                is_random_next=arrays["is_random_next"],
-                max_seq_length=int(arrays["max_seq_length"]),
-            )
-        except (OSError, KeyError, EOFError, ValueError) as e:
-            raise ValueError(f"{path!r} is not an instance store ({e})") from None
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path!r} has format {version}, this code reads {FORMAT_VERSION}")
-        return store
+Instance = tuple[np.ndarray, np.ndarray, bool]  # (tokens_a, tokens_b, is_random_next)
 
 
 def tokenize_documents(
@@ -85,8 +32,8 @@ def tokenize_documents(
     """Encodes every sentence once: documents of int32 sentence arrays, empty ones dropped.
 
     `tokenizer` is a `data_pipeline.vocab.Tokenizer` (anything with `encode_batch`). Sentences
-    are encoded in parallel batches and packed into int32 at once, so memory stays near the size
-    of the token arrays rather than of Python lists of ints.
+    are encoded in batches and packed into int32 at once, so memory stays near the size of the
+    token arrays rather than of Python lists of ints.
     """
     result, pending, num_pending = [], [], 0
 
@@ -159,8 +106,10 @@ def _document_instances(
             is_random_next = chunk_len == 1 or rng.random() < random_next_prob
             if is_random_next:
                 target_b = target - (a_stop - a_start)
-                other = int(rng.integers(0, len(sentence_bounds) - 1))
-                other += other >= doc  # Uniform over the other documents.
+                other = doc  # A unit of one document: B comes from elsewhere in it (as BERT).
+                if len(sentence_bounds) > 1:
+                    other = int(rng.integers(0, len(sentence_bounds) - 1))
+                    other += other >= doc  # Uniform over the other documents.
                 other_bounds = sentence_bounds[other]
                 first = int(rng.integers(0, len(other_bounds) - 1))
                 # Whole sentences from `first` until B reaches its target length.
@@ -179,57 +128,48 @@ def _document_instances(
     return instances
 
 
-def build_instance_store(
-    documents_ids: Sequence[Sequence[Sequence[int]]],
+def unit_instances(
+    documents_ids: Sequence[Sequence[np.ndarray]],
     *,
-    seed: int,
+    rng: np.random.Generator,
     max_seq_length: int,
     short_seq_prob: float,
     random_next_prob: float,
     dupe_factor: int,
-) -> InstanceStore:
-    """Builds the NSP instances of every document, `dupe_factor` times, in a shuffled store.
+) -> list[Instance]:
+    """The NSP instances of one unit's tokenized documents, `dupe_factor` passes, shuffled.
 
     Args:
-      documents_ids: documents, each a list of sentences, each a sequence of token ids.
-        Empty sentences and documents without tokens are skipped.
-      seed: all randomness comes from `np.random.default_rng(seed)`.
+      documents_ids: documents, each a list of int32 sentence arrays (`tokenize_documents`).
+      rng: all randomness of the unit (the builder seeds it with (seed, unit index)).
       max_seq_length: tokens per sequence including [CLS] and two [SEP]s (>= 5).
       short_seq_prob: probability of a random shorter target length for a document.
       random_next_prob: probability that B comes from another document.
-      dupe_factor: passes over the corpus; each pass draws new split points and partners.
+      dupe_factor: passes over the unit; each pass draws new split points and partners.
     """
     if max_seq_length < 5:
         raise ConfigError(f"max_seq_length={max_seq_length} leaves no room for A and B (need >= 5)")
     if dupe_factor < 1:
         raise ConfigError(f"dupe_factor={dupe_factor} must be at least 1")
-    sentences = [[np.asarray(s, np.int32) for s in doc if len(s)] for doc in documents_ids]
-    sentences = [doc for doc in sentences if doc]
-    if len(sentences) < 2:
-        raise DataError(
-            f"NSP needs at least 2 documents with text, got {len(sentences)}: add documents "
-            "(separated by a blank line) to the input"
-        )
-    # Flatten the corpus; sentence_bounds[d][k] is where sentence k of document d starts.
-    lengths = [np.array([len(s) for s in doc]) for doc in sentences]
+    docs = [[s for s in doc if len(s)] for doc in documents_ids]
+    docs = [doc for doc in docs if doc]
+    if not docs:
+        return []
+    # Flatten the unit; sentence_bounds[d][k] is where sentence k of document d starts.
+    lengths = [np.array([len(s) for s in doc]) for doc in docs]
     doc_starts = np.cumsum([0] + [int(n.sum()) for n in lengths])
     sentence_bounds = [
         start + np.concatenate([[0], np.cumsum(n)]) for start, n in zip(doc_starts, lengths)
     ]
-    tokens = np.concatenate([s for doc in sentences for s in doc])
-
-    rng = np.random.default_rng(seed)
-    instances = []
+    tokens = np.concatenate([s for doc in docs for s in doc]).astype(np.int32)
+    spans = []
     for _ in range(dupe_factor):
-        for doc in range(len(sentences)):
-            instances += _document_instances(
+        for doc in range(len(docs)):
+            spans += _document_instances(
                 doc, sentence_bounds, rng, max_seq_length - 3, short_seq_prob, random_next_prob
             )
-    order = rng.permutation(len(instances))  # Like BERT; a capped eval then sees all documents.
-    table = np.array(instances, np.int64)[order]  # [N, 5]
-    return InstanceStore(
-        tokens=tokens,
-        spans=table[:, :4].copy(),
-        is_random_next=table[:, 4].astype(bool),
-        max_seq_length=max_seq_length,
-    )
+    order = rng.permutation(len(spans))
+    return [
+        (tokens[a0:a1].copy(), tokens[b0:b1].copy(), bool(random_next))
+        for a0, a1, b0, b1, random_next in (spans[i] for i in order)
+    ]
