@@ -11,7 +11,6 @@ step-indexed loader (pretraining, fine-tuning) orders its examples here: one rul
 from __future__ import annotations
 
 import numpy as np
-from grain.experimental import index_shuffle
 
 # Random-stream tags. numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the
 # streams of different uses of the same seed (permutations, masks, building) would collide.
@@ -35,11 +34,15 @@ class EpochOrder:
         self.num_examples = num_examples
         self.seed = seed
         self.global_batch_size = global_batch_size
+        # Imported here: the shard builders import this module for its stream tags only.
+        from grain.experimental import index_shuffle
+
+        self._shuffle = index_shuffle
 
     def example(self, position: int, epoch: int) -> int:
         """The example at `position` of `epoch`'s order."""
         key = epoch_seed(self.seed, epoch)
-        return index_shuffle(position, max_index=self.num_examples - 1, seed=key, rounds=_ROUNDS)
+        return self._shuffle(position, max_index=self.num_examples - 1, seed=key, rounds=_ROUNDS)
 
     def examples(self, step: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(example, epoch) of each row of global batch `step`, both int64 [len(rows)]."""
@@ -51,7 +54,7 @@ class EpochOrder:
         last = self.num_examples - 1
         examples = np.array(
             [
-                index_shuffle(int(o), max_index=last, seed=keys[int(e)], rounds=_ROUNDS)
+                self._shuffle(int(o), max_index=last, seed=keys[int(e)], rounds=_ROUNDS)
                 for o, e in zip(offsets, epochs)
             ],
             np.int64,

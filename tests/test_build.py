@@ -92,8 +92,8 @@ def test_a_different_build_into_the_same_directory_is_refused(corpus, pipeline_t
     proc = _build_cli(_flags(corpus, tmp_path, pipeline_tokenizer, "--max_seq_length=64"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path} holds a different build (changed: params, unit_bytes, units): use a new "
-        "--output_dir, or delete it to rebuild"
+        f"error: {tmp_path} holds a different build (changed: params, unit_bytes, units): use a "
+        "new --output_dir, or delete it to rebuild"
     )
     assert _digests(tmp_path) == before
 
