@@ -64,19 +64,24 @@ def data_config() -> ml_collections.ConfigDict:
 
 def model_config() -> ml_collections.ConfigDict:
     """`config.model`: BERT-base (Devlin et al. 2019)."""
-    # Model: BERT-base (Devlin et al. 2019).
     c = ml_collections.ConfigDict()
+    c.arch = "bert"  # 'bert' (post-LN, learned positions) | 'modernbert' (pre-norm, RoPE, GeGLU).
     c.num_hidden_layers = 12  # Transformer layers (L).
     c.hidden_size = 768  # Width of the residual stream (H).
     c.num_attention_heads = 12  # Attention heads (A); must divide hidden_size.
-    c.intermediate_size = 3072  # MLP width (usually 4H).
+    c.intermediate_size = 3072  # MLP width (BERT: usually 4H; ModernBERT: each GeGLU half).
     c.hidden_act = "gelu"  # 'gelu' (exact erf, as original BERT) | 'gelu_tanh'.
     c.hidden_dropout_prob = 0.1  # Dropout on embeddings and residual branches.
     c.attention_probs_dropout_prob = 0.1  # Dropout on attention probabilities.
-    c.max_position_embeddings = 512  # Learned positions; >= data.max_seq_length.
+    c.max_position_embeddings = 512  # Longest sequence (BERT: learned positions); >= seq length.
     c.type_vocab_size = 2  # Segment (token type) embeddings.
     c.initializer_range = 0.02  # Std of the truncated-normal initializer.
-    c.layer_norm_eps = 1e-12  # LayerNorm epsilon (original BERT).
+    c.layer_norm_eps = 1e-12  # LayerNorm epsilon (original BERT; ModernBERT 1e-5).
+    c.global_attn_every_n_layers = 3  # ModernBERT: layers 0, n, 2n, ... attend globally.
+    c.local_attention = 128  # ModernBERT: the other layers' window (tokens, both sides together).
+    c.global_rope_theta = 160_000.0  # ModernBERT: rotary base of the global layers.
+    c.local_rope_theta = 10_000.0  # ModernBERT: rotary base of the local layers.
+    c.classifier_pooling = "cls"  # ModernBERT classifiers: 'cls' | 'mean' (real tokens).
     c.attention_impl = "xla"  # 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'einsum'.
     c.remat_policy = "none"  # 'none' | 'full' | 'dots' (save matmuls, recompute the rest).
     return c
@@ -89,7 +94,8 @@ def optimizer_config() -> ml_collections.ConfigDict:
     c.name = "adamw"  # 'adamw' | 'lamb'.
     c.learning_rate = 1e-4  # Peak learning rate, reached after warmup.
     c.warmup_steps = 10_000  # Linear warmup from 0.
-    c.decay = "linear"  # 'linear' | 'polynomial' | 'constant' after warmup.
+    c.decay = "linear"  # After warmup: 'linear' | 'polynomial' | 'constant' | 'wsd' (trapezoid).
+    c.decay_fraction = 0.1  # 'wsd': the last fraction of the steps decays; the peak holds before.
     c.decay_power = 1.0  # Power of the polynomial decay (1.0 is linear).
     c.end_learning_rate = 0.0  # Learning rate at num_train_steps.
     c.weight_decay = 0.01  # Decoupled weight decay; never on biases or LayerNorm.

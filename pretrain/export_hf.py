@@ -1,28 +1,30 @@
-"""Exports a pretraining checkpoint as a Hugging Face `BertForPreTraining` folder.
+"""Exports a workdir's checkpoint as a Hugging Face folder (PyTorch, no remote code).
 
-    python -m pretrain.export_hf --workdir=PRETRAIN_DIR --output=HF_DIR [--step=N]
+    python -m pretrain.export_hf --workdir=WORKDIR --output=HF_DIR [--step=N]
 
-HF_DIR then loads in PyTorch with no remote code: `BertForPreTraining.from_pretrained(HF_DIR)`,
-`AutoTokenizer.from_pretrained(HF_DIR)` (same ids as ours), `pipeline("fill-mask", model=HF_DIR)`.
-Needs the `hf` extra (safetensors, tokenizers); see pretrain/hf/interchange.py for the layout.
+A pretraining workdir gives `BertForPreTraining` (BERT, NSP recipe), `BertForMaskedLM` or
+`ModernBertForMaskedLM` (packed MLM); a fine-tuning workdir gives its task's class
+(`*ForSequenceClassification`, `*ForTokenClassification`, `*ForQuestionAnswering`) with
+`id2label`. `AutoTokenizer.from_pretrained(HF_DIR)` gives our ids. Needs the `hf` extra
+(safetensors, tokenizers); see pretrain/hf/exporting.py for the layout.
 """
 
 from absl import app, flags, logging
 
 from pretrain import command
-from pretrain.hf import interchange as hf_interchange
+from pretrain.hf import exporting
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining workdir (checkpoints + tokenizer).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Pretraining or fine-tuning workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "Folder to write the Hugging Face model into.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to export (default: the newest).")
 flags.mark_flags_as_required(["workdir", "output"])
 
 
 def _export() -> None:
-    exported = hf_interchange.export_workdir(_WORKDIR.value, _OUTPUT.value, _STEP.value)
+    exported = exporting.export_workdir(_WORKDIR.value, _OUTPUT.value, _STEP.value)
     print(
         f"Exported step {exported.step} of {_WORKDIR.value} ({exported.num_params:,} parameters) "
-        f"to {_OUTPUT.value}: {', '.join(exported.files)}"
+        f"as {exported.hf_class} to {_OUTPUT.value}: {', '.join(exported.files)}"
     )
 
 

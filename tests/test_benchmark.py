@@ -22,10 +22,10 @@ CONTRACT_KEYS = (
 )
 
 
-def _benchmark(*overrides: str) -> subprocess.CompletedProcess:
+def _benchmark(*overrides: str, config: str = "configs/smoke.py") -> subprocess.CompletedProcess:
     # The subprocess inherits the 8 simulated CPU devices of conftest.py.
     return subprocess.run(
-        [sys.executable, "-m", "pretrain.benchmark", "--config=configs/smoke.py", *overrides],
+        [sys.executable, "-m", "pretrain.benchmark", f"--config={config}", *overrides],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -39,7 +39,7 @@ def _tiny(corpus, tokenizer) -> list[str]:
         f"--config.data.tokenizer_model={tokenizer.model_path}",
         "--config.data.vocab_size=300",
         "--config.data.max_seq_length=32",
-        "--config.data.max_predictions_per_seq=5",
+        "--config.data.max_predictions_per_seq=10",  # modernbert_smoke masks 30%.
         "--config.global_batch_size=16",
         "--config.model.num_hidden_layers=1",
         "--config.model.hidden_size=32",
@@ -52,8 +52,9 @@ def _tiny(corpus, tokenizer) -> list[str]:
 
 
 @pytest.mark.slow
-def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokenizer):
-    result = _benchmark(*_tiny(pipeline_corpus[0], pipeline_tokenizer))
+@pytest.mark.parametrize("config", ["configs/smoke.py", "configs/modernbert_smoke.py"])
+def test_prints_the_contract_json_as_last_line(pipeline_corpus, pipeline_tokenizer, config):
+    result = _benchmark(*_tiny(pipeline_corpus[0], pipeline_tokenizer), config=config)
     assert result.returncode == 0, result.stderr[-2000:]
     row = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(CONTRACT_KEYS) <= set(row)
@@ -82,3 +83,12 @@ def test_synthetic_batch_is_a_valid_pretraining_batch():
     assert positions.min() >= 1 and positions.max() <= 14  # ...never [CLS] or the last token.
     assert batch["input_ids"].min() >= 5 and batch["input_ids"].max() < 100  # No special ids.
     assert batch["input_mask"].all() and batch["masked_lm_weights"].all()
+
+
+def test_synthetic_packed_batch_holds_two_documents_per_row():
+    batch = benchmarking.synthetic_batch(4, 16, 5, vocab_size=100, seed=1, packed=True)
+    assert "next_sentence_labels" not in batch and not batch["segment_ids"].any()
+    for docs, positions in zip(batch["document_ids"], batch["positions"]):
+        split = int((docs == 1).sum())
+        assert 1 <= split < 16 and docs.tolist() == [1] * split + [2] * (16 - split)
+        assert positions.tolist() == [*range(split), *range(16 - split)]

@@ -80,7 +80,10 @@ def test_a_resume_refuses_fixed_keys_and_applies_the_others_with_a_warning(
     workdir = tmp_path / "w"
     subprocess.run(["cp", "-r", str(source), str(workdir)], check=True)
     before = _digest(workdir)
-    changed = tiny_config(data, model__intermediate_size=48, data__masked_lm_prob=0.3, seed=3)
+    changed = tiny_config(
+        data, model__intermediate_size=48, data__masked_lm_prob=0.3, seed=3,
+        data__max_predictions_per_seq=10,
+    )  # fmt: skip
     code, lines = run_in_process(lambda: loop.train(changed, str(workdir), PretrainingTask), capsys)
     assert code == 2
     for part in ("data.masked_lm_prob: 0.15 -> 0.3", "model.intermediate_size: 64 -> 48",

@@ -403,7 +403,7 @@ def test_pretrain_then_finetune_on_the_sample_corpus(tmp_path):
         "data.tokenizer_model": tokenizer,
         "data.eval_files": "",
         "data.max_seq_length": 64,
-        "data.max_predictions_per_seq": 9,
+        "data.max_predictions_per_seq": 10,
         "global_batch_size": 32,
         "num_train_steps": 250,
         "checkpoint_every_steps": 250,

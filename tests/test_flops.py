@@ -85,3 +85,46 @@ def test_configured_peak_wins_and_mfu():
     assert flops.mfu(1000.0, 1e9, None, 4) is None
     with pytest.raises(ValueError, match="float16"):
         flops.peak_flops_per_device("TPU v4", "float16")
+
+
+def _modernbert_matmul_flops_by_hand(L, H, I, V, S, P, every, window):  # noqa: E741
+    """ModernBERT's matmuls one by one; a local layer's score and value matmuls listed per
+    query with the keys its window holds."""
+    forward = 0
+    for layer in range(L):
+        dense = [(S, H, H)] * 4 + [(S, H, I), (S, H, I), (S, I, H)]  # q k v o; GeGLU in, gate, out
+        forward += sum(2 * m * k * n for m, k, n in dense)
+        for i in range(S):
+            keys = (
+                S if layer % every == 0 else len(range(max(0, i - window), min(S, i + window + 1)))
+            )
+            forward += 2 * (2 * keys * H)  # scores and weighted values of one query
+    forward += 2 * P * H * H + 2 * P * H * V  # MLM transform and tied decoder; no pooler, no NSP
+    return 3 * forward
+
+
+@pytest.mark.parametrize("window", [2, 5, 40])  # 40 >= S: every local layer sees all keys.
+def test_modernbert_counts_every_matmul_once(window):
+    counted = flops.encoder_train_flops(
+        num_layers=4, hidden_size=8, intermediate_size=12, vocab_size=50, seq_len=16,
+        num_predictions=5, arch="modernbert", global_attn_every_n_layers=3,
+        local_attention=2 * window, with_nsp=False,
+    )  # fmt: skip
+    expected = _modernbert_matmul_flops_by_hand(4, 8, 12, 50, 16, 5, every=3, window=window)
+    assert counted.per_sequence == expected
+
+
+def test_modernbert_base_config_counts_its_local_layers():
+    from configs import modernbert_base
+
+    config = modernbert_base.get_config()
+    counted = flops.config_train_flops(config, vocab_size=50368)
+    assert counted.pooler_nsp == 0
+    global_only = flops.encoder_train_flops(
+        num_layers=22, hidden_size=768, intermediate_size=1152, vocab_size=50368,
+        seq_len=config.data.max_seq_length, num_predictions=config.data.max_predictions_per_seq,
+        arch="modernbert", with_nsp=False,
+    )  # fmt: skip
+    assert counted.encoder_dense == global_only.encoder_dense
+    # Rows of 1024 with windows of 128 in 2 of every 3 layers: attention well under global's.
+    assert counted.attention < 0.5 * global_only.attention

@@ -17,7 +17,7 @@ from flax import nnx
 from data_pipeline import vocab
 from data_pipeline.vocab import unigram as tok_lib
 from data_pipeline.vocab import wordpiece
-from pretrain.hf import interchange as hf_interchange
+from pretrain.hf import exporting, importing
 from pretrain.hf import tokenizer_files as hf_tokenizer
 from pretrain.models import heads
 from pretrain.models.config import EncoderConfig
@@ -84,6 +84,12 @@ def hf_logits(model, x) -> dict[str, np.ndarray]:
     if hasattr(out, "seq_relationship_logits"):
         result["nsp"] = out.seq_relationship_logits.numpy()
     return result
+
+
+def restore_params(workdir: str):
+    """(params, model config, step, tokenizer) of a workdir's newest checkpoint."""
+    restored = exporting.restore(workdir)
+    return restored.params, restored.model_config, restored.step, restored.tokenizer
 
 
 def our_logits(params: dict, config: EncoderConfig, x) -> dict[str, np.ndarray]:
@@ -172,14 +178,14 @@ def continued(imported, data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("continued") / "workdir"
     shutil.copytree(imported, workdir)
     flags = tiny_overrides(data_dir, optimizer__decay="constant")
-    config = f"--config={workdir / hf_interchange.CONFIG_FILE}"
+    config = f"--config={workdir / importing.CONFIG_FILE}"
     out = run_module("pretrain.train", [config, f"--workdir={workdir}", *flags])
     return workdir, out.stderr
 
 
 def test_import_gives_hf_logits(hf_dir, imported):
     hf = transformers.BertForPreTraining.from_pretrained(hf_dir).eval()
-    params, config, step, _ = hf_interchange.restore_params(str(imported))
+    params, config, step, _ = restore_params(str(imported))
     assert step == 0 and config.vocab_size == 300
     x = make_batch(300, seed=0)
     assert_parity(our_logits(params, config, x), hf_logits(hf, x), "HF -> import -> ours")
@@ -227,7 +233,7 @@ def test_imported_tokenizer_gives_hf_ids(hf_dir, imported):
 
 
 def test_import_then_export_leaves_every_tensor_unchanged(hf_dir, imported, tmp_path):
-    exported = hf_interchange.export_workdir(str(imported), str(tmp_path))
+    exported = exporting.export_workdir(str(imported), str(tmp_path))
     assert exported.step == 0
     source = safetensors_numpy.load_file(str(hf_dir / "model.safetensors"))
     back = safetensors_numpy.load_file(str(tmp_path / "model.safetensors"))
@@ -249,7 +255,7 @@ def test_import_then_export_leaves_every_tensor_unchanged(hf_dir, imported, tmp_
 @pytest.mark.slow
 def test_export_of_a_pretraining_run_gives_our_logits_and_ids(pretrained):
     workdir, output = pretrained
-    params, config, step, tokenizer = hf_interchange.restore_params(str(workdir))
+    params, config, step, tokenizer = restore_params(str(workdir))
     assert step == 6 and isinstance(tokenizer, tok_lib.SentencePieceTokenizer)
     hf = transformers.BertForPreTraining.from_pretrained(output).eval()
     assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
@@ -261,7 +267,7 @@ def test_export_of_a_pretraining_run_gives_our_logits_and_ids(pretrained):
 @pytest.mark.slow
 def test_exported_fill_mask_pipeline_gives_our_probabilities(pretrained):
     workdir, output = pretrained
-    params, config, _, tokenizer = hf_interchange.restore_params(str(workdir))
+    params, config, _, tokenizer = restore_params(str(workdir))
     fill = transformers.pipeline("fill-mask", model=str(output), top_k=5)
     text = "ab ki [MASK] tu."
     ids = [tokenizer.cls_id, *tokenizer.encode("ab ki"), tokenizer.mask_id]
@@ -305,12 +311,12 @@ def test_continued_pretraining_resumes_the_import_and_exports(continued, importe
     assert "Resumed" in stderr and "at step 0" in stderr
     train, evals = read_metrics(workdir)
     assert sorted(train) == [1, 2, 3, 4, 5, 6] and sorted(evals) == [3, 6]
-    exported = hf_interchange.export_workdir(str(workdir), str(tmp_path))
+    exported = exporting.export_workdir(str(workdir), str(tmp_path))
     assert exported.step == 6
-    params, config, _, tokenizer = hf_interchange.restore_params(str(workdir))
+    params, config, _, tokenizer = restore_params(str(workdir))
     # Trained on from the imported weights: 6 Adam steps of lr 1e-3 move each by < 0.01, while
     # they sit ~0.3 (the perturbation) away from any fresh init.
-    start, _, _, _ = hf_interchange.restore_params(str(imported))
+    start, _, _, _ = restore_params(str(imported))
     moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), params, start)
     assert 0 < max(jax.tree.leaves(moved)) < 0.01
     assert isinstance(tokenizer, wordpiece.WordPieceTokenizer)
@@ -350,7 +356,7 @@ def test_checkpoint_saved_on_8_devices_exports_every_tensor_unchanged(hf_dir, im
     target = checkpoint.Checkpointer(workdir / "checkpoints")
     target.save(5, state, config.to_dict())
     target.close()
-    exported = hf_interchange.export_workdir(str(workdir), str(tmp_path / "hf"))
+    exported = exporting.export_workdir(str(workdir), str(tmp_path / "hf"))
     assert exported.step == 5
     original = safetensors_numpy.load_file(str(hf_dir / "model.safetensors"))
     back = safetensors_numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -369,12 +375,12 @@ def test_pytorch_bin_masked_lm_with_vocab_txt_imports(tmp_path):
     (hf_dir / "vocab.txt").write_text("".join(p + "\n" for p in VOCAB))
     (hf_dir / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
 
-    imported = hf_interchange.import_hf_dir(str(hf_dir), str(tmp_path / "workdir"))
+    imported = importing.import_hf_dir(str(hf_dir), str(tmp_path / "workdir"))
     assert imported.fresh_parts == ["pooler", "next-sentence head"]
     tokenizer = vocab.load(imported.tokenizer_file)
     assert tokenizer.vocab_size == len(VOCAB) + 2 and not tokenizer.lower_case
     assert tokenizer.id_to_piece(len(VOCAB)) == "[EMBEDDING_ROW_300]"
-    params, our_config, _, _ = hf_interchange.restore_params(str(tmp_path / "workdir"))
+    params, our_config, _, _ = restore_params(str(tmp_path / "workdir"))
     x = make_batch(len(VOCAB), seed=3)
     got = our_logits(params, our_config, x)
     assert_parity({"mlm": got["mlm"]}, hf_logits(hf, x), "BertForMaskedLM .bin -> ours")
@@ -389,8 +395,8 @@ def test_user_errors(imported, hf_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --step=7 has no complete")
     with pytest.raises(ValueError, match="is not empty"):
-        hf_interchange.import_hf_dir(str(hf_dir), str(imported))
+        importing.import_hf_dir(str(hf_dir), str(imported))
     with pytest.raises(FileNotFoundError, match="config.json not found"):
-        hf_interchange.import_hf_dir(str(tmp_path), str(tmp_path / "new"))
+        importing.import_hf_dir(str(tmp_path), str(tmp_path / "new"))
     with pytest.raises(FileNotFoundError, match="has no tokenizer or no checkpoints"):
-        hf_interchange.export_workdir(str(tmp_path), str(tmp_path / "out"))
+        exporting.export_workdir(str(tmp_path), str(tmp_path / "out"))

@@ -43,7 +43,7 @@ def numpy_state_dict(model) -> dict[str, np.ndarray]:
 
 
 def our_config(hf, **overrides) -> EncoderConfig:
-    kwargs = hf_convert.bert_config_from_hf(hf.config.to_dict())
+    kwargs = hf_convert.config_from_hf(hf.config.to_dict())
     return EncoderConfig(**kwargs, dtype=jnp.float32, **overrides)
 
 
@@ -117,7 +117,7 @@ def test_export_loads_strictly_into_hf_with_same_logits():
     load(ours, params)
 
     state_dict = hf_convert.to_hf_state_dict(params, cfg)
-    hf_config = transformers.BertConfig(**hf_convert.bert_config_to_hf(cfg))
+    hf_config = transformers.BertConfig(**hf_convert.config_to_hf(cfg, "pretraining"))
     hf = transformers.BertForPreTraining(hf_config).eval()
     hf.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state_dict.items()}, strict=True)
     assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
@@ -142,7 +142,7 @@ def test_old_names_and_bare_encoder_keys_are_accepted():
     hf = hf_model()
     cfg = our_config(hf)
     state_dict = numpy_state_dict(hf)
-    expected = hf_convert.from_hf_state_dict(state_dict, cfg, heads="none")
+    expected = hf_convert.from_hf_state_dict(state_dict, cfg, head="none")
     old_names = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
     old = {}
     for name, value in state_dict.items():
@@ -156,7 +156,7 @@ def test_old_names_and_bare_encoder_keys_are_accepted():
         hf_convert.from_hf_state_dict(state_dict, cfg),
     )
     bare = {k.removeprefix("bert."): v for k, v in state_dict.items() if k.startswith("bert.")}
-    got = hf_convert.from_hf_state_dict(bare, cfg, heads="none")
+    got = hf_convert.from_hf_state_dict(bare, cfg, head="none")
     assert set(got) == {"encoder"}
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 
@@ -165,7 +165,7 @@ def test_sequence_classification_import_and_round_trip():
     hf = hf_model(transformers.BertForSequenceClassification, num_labels=3)
     cfg = our_config(hf)
     state_dict = numpy_state_dict(hf)
-    params = hf_convert.from_hf_state_dict(state_dict, cfg, heads="classification")
+    params = hf_convert.from_hf_state_dict(state_dict, cfg, head="classification")
     ours = heads.SequenceClassifier(cfg, 3, dropout_rate=0.1, rngs=nnx.Rngs(params=0))
     load(ours, params)
     x = make_inputs()
@@ -177,7 +177,7 @@ def test_sequence_classification_import_and_round_trip():
         ).logits.numpy()
     got = ours(x["input_ids"], x["input_mask"], x["segment_ids"], deterministic=True)
     assert np.abs(np.asarray(got) - expected).max() <= 1e-4
-    back = hf_convert.to_hf_state_dict(params, cfg)
+    back = hf_convert.to_hf_state_dict(params, cfg, head="classification")
     assert back.keys() == state_dict.keys()
     for name, value in state_dict.items():
         np.testing.assert_array_equal(back[name], value, err_msg=name)
@@ -198,26 +198,26 @@ def test_missing_and_misshaped_tensors_are_named():
     with pytest.raises(ValueError, match="untied"):
         hf_convert.from_hf_state_dict(untied, cfg)
     with pytest.raises(ValueError, match="classifier.weight"):
-        hf_convert.from_hf_state_dict(state_dict, cfg, heads="classification")
+        hf_convert.from_hf_state_dict(state_dict, cfg, head="classification")
 
 
 def test_config_round_trip_and_hf_acceptance():
     cfg = EncoderConfig(**HF_TINY, hidden_act="gelu_tanh", layer_norm_eps=1e-6)
-    hf_dict = hf_convert.bert_config_to_hf(cfg)
+    hf_dict = hf_convert.config_to_hf(cfg, "pretraining")
     hf_config = transformers.BertConfig(**hf_dict)
     assert hf_config.hidden_act == "gelu_new" and hf_config.layer_norm_eps == 1e-6
-    kwargs = hf_convert.bert_config_from_hf(hf_config.to_dict())
+    kwargs = hf_convert.config_from_hf(hf_config.to_dict())
     fields = {f.name for f in dataclasses.fields(EncoderConfig)} - {"dtype", "param_dtype"}
     assert EncoderConfig(**kwargs) == cfg
     assert set(kwargs) <= fields
     with pytest.raises(ValueError, match="position_embedding_type"):
-        hf_convert.bert_config_from_hf({**hf_dict, "position_embedding_type": "relative_key"})
+        hf_convert.config_from_hf({**hf_dict, "position_embedding_type": "relative_key"})
 
 
 def test_bert_base_parameter_count_matches_hf():
     with torch.device("meta"):  # Shapes only: nothing is allocated.
         hf = transformers.BertForPreTraining(transformers.BertConfig())
     hf_count = sum(p.numel() for p in hf.parameters())  # Tied decoder counted once.
-    cfg = EncoderConfig(**hf_convert.bert_config_from_hf(hf.config.to_dict()))
+    cfg = EncoderConfig(**hf_convert.config_from_hf(hf.config.to_dict()))
     abstract = nnx.eval_shape(lambda: heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0)))
     assert count_params(nnx.state(abstract, nnx.Param)) == hf_count == 110_106_428

@@ -172,14 +172,12 @@ def test_mlm_logits_equal_full_sequence_projection():
     )
     # The MLM head written out in numpy, applied to every position, then indexed.
     p = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    head = p["mlm_head"]
+    head, bias = p["mlm_head"]["head"], p["mlm_head"]["bias"]
     x = np.asarray(seq, np.float64) @ head["transform"]["kernel"] + head["transform"]["bias"]
     x = np.asarray(jax.nn.gelu(x, approximate=False))
     x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-12)
     x = x * head["layer_norm"]["scale"] + head["layer_norm"]["bias"]
-    full = (
-        x @ np.asarray(p["encoder"]["embeddings"]["word_embeddings"]["embedding"]).T + head["bias"]
-    )
+    full = x @ np.asarray(p["encoder"]["embeddings"]["word_embeddings"]["embedding"]).T + bias
     expected = np.take_along_axis(full, np.asarray(batch["masked_lm_positions"])[..., None], 1)
     np.testing.assert_allclose(mlm, expected, atol=1e-4)
 

@@ -34,6 +34,15 @@ def test_polynomial_decay_power():
     assert float(sched(50)) == pytest.approx(0.25)
 
 
+def test_warmup_stable_decay_is_a_trapezoid():
+    """10 warmup steps, the peak until the last 20% (step 80 of 100), then linear to 0."""
+    sched = learning_rate_schedule(
+        _opt_config(learning_rate=1e-3, warmup_steps=10, decay="wsd", decay_fraction=0.2), 100
+    )
+    expected = [min(s / 10, 1.0, (100 - s) / 20) * 1e-3 for s in range(101)]
+    np.testing.assert_allclose([float(sched(s)) for s in range(101)], expected, atol=1e-9)
+
+
 def test_unknown_decay_is_a_clear_error():
     with pytest.raises(ValueError, match="config.optimizer.decay"):
         learning_rate_schedule(_opt_config(decay="cosine"), 10)

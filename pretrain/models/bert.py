@@ -43,9 +43,15 @@ class BertEmbeddings(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(
-        self, input_ids: jax.Array, segment_ids: jax.Array, *, deterministic: bool, rngs
+        self,
+        input_ids: jax.Array,
+        segment_ids: jax.Array,
+        positions: jax.Array | None,
+        *,
+        deterministic: bool,
+        rngs,
     ) -> jax.Array:
-        """[B, S] token and segment ids -> [B, S, H] in cfg.dtype."""
+        """[B, S] token and segment ids (and positions; default 0..S-1) -> [B, S, H]."""
         seq_len = input_ids.shape[1]
         if seq_len > self.cfg.max_position_embeddings:
             raise ConfigError(
@@ -53,7 +59,10 @@ class BertEmbeddings(nnx.Module):
                 f"{self.cfg.max_position_embeddings}: lower data.max_seq_length or raise it."
             )
         x = self.word_embeddings(input_ids)  # [B, S, H]
-        x += self.position_embeddings(jnp.arange(seq_len))[None]  # [1, S, H]
+        if positions is None:
+            x += self.position_embeddings(jnp.arange(seq_len))[None]  # [1, S, H]
+        else:
+            x += self.position_embeddings(positions)  # [B, S, H]: packed rows restart them.
         x += self.token_type_embeddings(segment_ids)  # [B, S, H]
         x = self.layer_norm(x)
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
@@ -74,10 +83,10 @@ class BertLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(
-        self, x: jax.Array, input_mask: jax.Array, *, deterministic: bool, rngs
+        self, x: jax.Array, mask: layers.AttentionMask, *, deterministic: bool, rngs
     ) -> jax.Array:
-        """x [B, S, H], input_mask [B, S] -> [B, S, H]."""
-        h = self.attention(x, input_mask, deterministic=deterministic, rngs=rngs)  # [B, S, H]
+        """x [B, S, H] -> [B, S, H]."""
+        h = self.attention(x, mask, deterministic=deterministic, rngs=rngs)  # [B, S, H]
         h = self.dropout(h, deterministic=deterministic, rngs=rngs)
         # Residual sum and LayerNorm in float32, stream back in the compute dtype.
         x = self.attention_norm(x.astype(jnp.float32) + h).astype(self.cfg.dtype)
@@ -102,13 +111,21 @@ class BertEncoder(nnx.Module):
         input_mask: jax.Array,
         segment_ids: jax.Array,
         *,
+        document_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
         deterministic: bool,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
-        """[B, S] ids, mask (1 = real token) and segments -> sequence output [B, S, H]."""
-        x = self.embeddings(input_ids, segment_ids, deterministic=deterministic, rngs=rngs)
+        """[B, S] ids, mask (1 = real token) and segments -> sequence output [B, S, H].
+
+        Packed rows pass `document_ids` (attention stays within a document) and `positions`.
+        """
+        x = self.embeddings(
+            input_ids, segment_ids, positions, deterministic=deterministic, rngs=rngs
+        )
+        mask = layers.AttentionMask(input_mask, document_ids)
         return layers.apply_layers(
-            self.cfg, self.layers, x, input_mask, deterministic=deterministic, rngs=rngs
+            self.cfg, self.layers, x, mask, deterministic=deterministic, rngs=rngs
         )
 
     @property

@@ -16,7 +16,9 @@ import numpy as np
 
 from data_pipeline.errors import ConfigError
 
+ARCHS = ("bert", "modernbert")
 HIDDEN_ACTS = ("gelu", "gelu_tanh")
+POOLINGS = ("cls", "mean")
 ATTENTION_IMPLS = ("xla", "cudnn", "einsum")
 REMAT_POLICIES = ("none", "full", "dots")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -24,6 +26,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 # Fields that fix the parameters' shapes or what they compute. Everything else (dropout, dtypes,
 # attention kernel, remat) may differ between pretraining and fine-tuning.
 ARCHITECTURE_FIELDS = (
+    "arch",
     "num_hidden_layers",
     "hidden_size",
     "num_attention_heads",
@@ -32,6 +35,10 @@ ARCHITECTURE_FIELDS = (
     "type_vocab_size",
     "hidden_act",
     "layer_norm_eps",
+    "global_attn_every_n_layers",
+    "local_attention",
+    "global_rope_theta",
+    "local_rope_theta",
 )
 # Integer fields that must be positive.
 _SIZES = (
@@ -42,6 +49,8 @@ _SIZES = (
     "intermediate_size",
     "max_position_embeddings",
     "type_vocab_size",
+    "global_attn_every_n_layers",
+    "local_attention",
 )
 
 
@@ -49,6 +58,7 @@ _SIZES = (
 class EncoderConfig:
     """Architecture and numerics of an encoder (defaults: BERT-base)."""
 
+    arch: str = "bert"  # 'bert' (models/bert.py) | 'modernbert' (models/modernbert.py).
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -61,6 +71,13 @@ class EncoderConfig:
     type_vocab_size: int = 2
     initializer_range: float = 0.02
     layer_norm_eps: float = 1e-12
+    # ModernBERT only: every n-th layer (0, n, ...) attends globally, the others within a window of
+    # local_attention tokens; rotary bases of the global and the local layers.
+    global_attn_every_n_layers: int = 3
+    local_attention: int = 128
+    global_rope_theta: float = 160_000.0
+    local_rope_theta: float = 10_000.0
+    classifier_pooling: str = "cls"  # ModernBERT classifiers: 'cls' | 'mean' over real tokens.
     dtype: Any = jnp.float32  # Compute dtype of matmuls and activations.
     param_dtype: Any = jnp.float32  # Storage dtype of parameters.
     # 'xla' and 'cudnn' call jax.nn.dot_product_attention, which has no dropout: while attention
@@ -95,6 +112,13 @@ class EncoderConfig:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be in [0, 1).")
         if self.initializer_range <= 0 or self.layer_norm_eps <= 0:
             raise ConfigError("model.initializer_range and model.layer_norm_eps must be positive.")
+        _check_choice("model.arch", self.arch, ARCHS)
+        _check_choice("model.classifier_pooling", self.classifier_pooling, POOLINGS)
+        if self.local_attention % 2 or min(self.global_rope_theta, self.local_rope_theta) <= 0:
+            raise ConfigError(
+                f"model.local_attention={self.local_attention} must be even (a window of half "
+                "that on each side) and the rope thetas positive."
+            )
         _check_choice("model.hidden_act", self.hidden_act, HIDDEN_ACTS)
         _check_choice("model.attention_impl", self.attention_impl, ATTENTION_IMPLS)
         _check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)

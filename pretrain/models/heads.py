@@ -1,8 +1,9 @@
 """Task models: an encoder with the heads a task trains, each configured by its constructor.
 
-* `PreTrainingModel`: masked-LM head (tied decoder) and, for BERT, the next-sentence head;
-* `SequenceClassifier`: pooled output -> dropout -> linear layer (num_outputs = labels, or 1 for
-  regression).
+* `PreTrainingModel`: masked-LM head (tied decoder) and, for NSP pretraining, the
+  next-sentence head;
+* `SequenceClassifier`: pooled output (ModernBERT: then its prediction head) -> dropout -> linear
+  layer (num_outputs = labels, or 1 for regression).
 
 The encoder is always the `encoder` attribute, so every task's parameters hold the same
 `encoder/...` subtree: fine-tuning restores it from a pretraining checkpoint by that name.
@@ -17,39 +18,65 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pretrain.models import layers
+from pretrain.models import layers, modernbert
 from pretrain.models.bert import BertEncoder
 from pretrain.models.config import EncoderConfig
 
-ENCODERS = {"bert": BertEncoder}
+ENCODERS = {"bert": BertEncoder, "modernbert": modernbert.ModernBertEncoder}
 
 
 def make_encoder(cfg: EncoderConfig, rngs: nnx.Rngs) -> nnx.Module:
-    return ENCODERS["bert"](cfg, rngs=rngs)
+    return ENCODERS[cfg.arch](cfg, rngs=rngs)
 
 
 def linear_head(cfg: EncoderConfig, num_outputs: int, rngs: nnx.Rngs) -> nnx.Linear:
-    """[H] -> [C]; a tiny matmul, computed in float32."""
+    """[H] -> [C]; a tiny matmul, computed in float32. Initialized as each architecture's
+    reference does: BERT's truncated normal, ModernBERT's H^-0.5 ("final_out")."""
     h = cfg.hidden_size
-    return layers.dense(cfg, h, num_outputs, ("embed", "classes"), rngs=rngs, dtype=jnp.float32)
+    std = cfg.initializer_range if cfg.arch == "bert" else h**-0.5
+    return nnx.Linear(
+        h, num_outputs,
+        kernel_init=layers.truncated_normal(std, "embed", "classes"),
+        bias_init=layers.zeros("classes"), dtype=jnp.float32, param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )  # fmt: skip
 
 
-class MlmHead(nnx.Module):
-    """dense -> act -> LayerNorm, then the decoder tied to the word embeddings plus a bias."""
+class PredictionHead(nnx.Module):
+    """dense -> activation -> LayerNorm over H: BERT's MLM transform (with biases) and
+    ModernBERT's `head` (no biases), before its decoder or classifier."""
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        h = cfg.hidden_size
-        self.transform = layers.dense(cfg, h, h, ("embed", "embed"), rngs=rngs)
-        self.layer_norm = layers.layer_norm(cfg, rngs)
+        h, bias = cfg.hidden_size, cfg.arch == "bert"
+        std = cfg.initializer_range if bias else modernbert.out_std(cfg)
+        self.transform = nnx.Linear(
+            h, h, use_bias=bias, kernel_init=layers.truncated_normal(std, "embed", "embed"),
+            bias_init=layers.zeros("embed"), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+            rngs=rngs,
+        )  # fmt: skip
+        self.layer_norm = layers.layer_norm(cfg, rngs, use_bias=bias)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[..., H] -> [..., H] in cfg.dtype (the norm in float32)."""
+        return self.layer_norm(layers.activation(self.cfg, self.transform(x))).astype(
+            self.cfg.dtype
+        )
+
+
+class MlmHead(nnx.Module):
+    """The prediction head, then the decoder tied to the word embeddings plus a bias."""
+
+    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.head = PredictionHead(cfg, rngs=rngs)
         self.bias = nnx.Param(
             layers.zeros("vocab")(rngs.params(), (cfg.vocab_size,), cfg.param_dtype)
         )
 
     def __call__(self, x: jax.Array, word_embeddings: jax.Array) -> jax.Array:
         """x [B, P, H], word_embeddings [V, H] -> logits [B, P, V] float32."""
-        h = self.transform(x)
-        h = self.layer_norm(layers.activation(self.cfg, h)).astype(self.cfg.dtype)
+        h = self.head(x)
         logits = jnp.einsum(
             "bph,vh->bpv",
             h,
@@ -60,13 +87,13 @@ class MlmHead(nnx.Module):
 
 
 class PreTrainingModel(nnx.Module):
-    """The encoder with the masked-LM and next-sentence-prediction heads."""
+    """The encoder with the masked-LM head and, for NSP pretraining, the next-sentence head."""
 
-    def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: EncoderConfig, *, with_nsp: bool = True, rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = make_encoder(cfg, rngs)
         self.mlm_head = MlmHead(cfg, rngs=rngs)
-        self.nsp_head = linear_head(cfg, 2, rngs)
+        self.nsp_head = linear_head(cfg, 2, rngs) if with_nsp else None
 
     def __call__(
         self,
@@ -75,18 +102,29 @@ class PreTrainingModel(nnx.Module):
         segment_ids: jax.Array,
         masked_lm_positions: jax.Array,
         *,
+        document_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
-    ) -> tuple[jax.Array, jax.Array]:
-        """[B, S] ids/mask/segments, [B, P] positions -> (mlm [B, P, V], nsp [B, 2]) float32.
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """[B, S] ids/mask/segments, [B, P] positions -> (mlm [B, P, V], nsp [B, 2] or None),
+        float32. Packed rows pass `document_ids` and `positions` [B, S].
 
         `rngs` needs a 'dropout' stream when deterministic=False.
         """
         check_rngs(self.cfg, deterministic, rngs)
         x = self.encoder(
-            input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs
-        )  # [B, S, H]
-        nsp_logits = self.nsp_head(self.encoder.pool(x, input_mask))  # [B, 2]
+            input_ids,
+            input_mask,
+            segment_ids,
+            document_ids=document_ids,
+            positions=positions,
+            deterministic=deterministic,
+            rngs=rngs,
+        )  # fmt: skip  [B, S, H]
+        nsp_logits = None
+        if self.nsp_head is not None:
+            nsp_logits = self.nsp_head(self.encoder.pool(x, input_mask))  # [B, 2]
         # Project only the P masked positions to the vocabulary, not all S.
         x = jnp.take_along_axis(x, masked_lm_positions[..., None], axis=1)  # [B, P, H]
         mlm_logits = self.mlm_head(x, self.encoder.word_embeddings)  # [B, P, V]
@@ -94,7 +132,8 @@ class PreTrainingModel(nnx.Module):
 
 
 class SequenceClassifier(nnx.Module):
-    """Encoder, pooled output, dropout, and a linear layer: logits (or a score) per sequence."""
+    """Encoder, pooled output (ModernBERT: then its head), dropout, and a linear layer: logits
+    (or a score) per sequence, as Hugging Face's `*ForSequenceClassification`."""
 
     def __init__(
         self, cfg: EncoderConfig, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs
@@ -104,6 +143,7 @@ class SequenceClassifier(nnx.Module):
             raise ValueError(f"num_outputs={num_outputs} must be positive.")
         self.cfg = cfg
         self.encoder = make_encoder(cfg, rngs)
+        self.head = PredictionHead(cfg, rngs=rngs) if cfg.arch == "modernbert" else None
         self.dropout = nnx.Dropout(dropout_rate)
         self.classifier = linear_head(cfg, num_outputs, rngs)
 
@@ -120,6 +160,8 @@ class SequenceClassifier(nnx.Module):
         check_rngs(self.cfg, deterministic, rngs, self.dropout.rate > 0)
         x = self.encoder(input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs)
         pooled = self.encoder.pool(x, input_mask)  # [B, H]
+        if self.head is not None:
+            pooled = self.head(pooled)
         pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
         return self.classifier(pooled)
 

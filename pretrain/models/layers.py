@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,9 +35,14 @@ def param_init(init: Callable, *axes: str | None) -> Callable:
     return nnx.with_partitioning(init, axes, eager_sharding=False)
 
 
+def truncated_normal(std: float, *axes: str | None) -> Callable:
+    """Truncated normal at +-2 std (TF BERT's and Hugging Face ModernBERT's initializer)."""
+    return param_init(jax.nn.initializers.truncated_normal(stddev=std), *axes)
+
+
 def normal(cfg: EncoderConfig, *axes: str | None) -> Callable:
-    """Truncated normal (+-2 std, as TF BERT) of `cfg.initializer_range`."""
-    return param_init(jax.nn.initializers.truncated_normal(stddev=cfg.initializer_range), *axes)
+    """`truncated_normal` of `cfg.initializer_range`."""
+    return truncated_normal(cfg.initializer_range, *axes)
 
 
 def zeros(*axes: str | None) -> Callable:
@@ -64,11 +70,12 @@ def dense(
     )
 
 
-def layer_norm(cfg: EncoderConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+def layer_norm(cfg: EncoderConfig, rngs: nnx.Rngs, *, use_bias: bool = True) -> nnx.LayerNorm:
     """LayerNorm over H; computes (and returns) float32 whatever the compute dtype."""
     return nnx.LayerNorm(
         cfg.hidden_size,
         epsilon=cfg.layer_norm_eps,
+        use_bias=use_bias,
         dtype=jnp.float32,
         param_dtype=cfg.param_dtype,
         scale_init=param_init(jax.nn.initializers.ones, "norm"),
@@ -81,8 +88,34 @@ def activation(cfg: EncoderConfig, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=cfg.hidden_act == "gelu_tanh")
 
 
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query may attend to: real tokens, of the same document (packed rows).
+
+    A sliding window, when a layer has one, is added by `allowed`.
+    """
+
+    input_mask: jax.Array  # [B, S] int: 1 for real tokens, 0 for padding.
+    document_ids: jax.Array | None = None  # [B, S] int: packed rows' document of each token.
+
+    def allowed(self, window: int | None = None) -> jax.Array:
+        """bool [B, 1, 1, S] (padding only) or [B, 1, S, S]: key j is visible from query i."""
+        keys = self.input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
+        if self.document_ids is None and window is None:
+            return keys
+        seq = self.input_mask.shape[1]
+        allowed = jnp.broadcast_to(keys, (keys.shape[0], 1, seq, seq))
+        if self.document_ids is not None:
+            docs = self.document_ids
+            allowed = allowed & (docs[:, None, :, None] == docs[:, None, None, :])
+        if window is not None:
+            offset = jnp.arange(seq)[:, None] - jnp.arange(seq)[None, :]
+            allowed = allowed & (jnp.abs(offset) <= window)[None, None]
+        return allowed
+
+
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention over the keys a mask allows, then the output projection."""
+    """BERT's multi-head self-attention over the keys a mask allows, then the output projection."""
 
     def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -115,13 +148,11 @@ class SelfAttention(nnx.Module):
         self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
     def __call__(
-        self, x: jax.Array, input_mask: jax.Array, *, deterministic: bool, rngs
+        self, x: jax.Array, mask: AttentionMask, *, deterministic: bool, rngs
     ) -> jax.Array:
-        """x [B, S, H], input_mask [B, S] (1 = real token) -> [B, S, H]."""
+        """x [B, S, H] -> [B, S, H]."""
         q, k, v = self.query(x), self.key(x), self.value(x)  # [B, S, N, D] each
-        y = attend(
-            self.cfg, q, k, v, input_mask, self.dropout, deterministic=deterministic, rngs=rngs
-        )
+        y = attend(self.cfg, q, k, v, mask, self.dropout, deterministic=deterministic, rngs=rngs)
         return self.output(y)  # [B, S, H]
 
 
@@ -130,39 +161,43 @@ def attend(
     q: jax.Array,
     k: jax.Array,
     v: jax.Array,
-    input_mask: jax.Array,
+    mask: AttentionMask,
     dropout: nnx.Dropout,
     *,
     deterministic: bool,
     rngs,
+    window: int | None = None,
 ) -> jax.Array:
-    """Softmax(q k^T / sqrt(D)) v over the real (unpadded) keys: [B, S, N, D] -> [B, S, N, D].
+    """Softmax(q k^T / sqrt(D)) v over the keys `mask` allows: [B, S, N, D] -> [B, S, N, D].
 
     `cfg.attention_impl` picks the kernel; with attention dropout active only the einsum path
-    can apply it, so it runs whatever the setting.
+    can apply it, so it runs whatever the setting. cuDNN: padding alone is given as sequence
+    lengths (its fused flash kernel); documents of packed rows and sliding windows as a dense
+    mask, which cuDNN applies as a bias (jax's cuDNN call has no bidirectional window).
     """
     dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0
     if cfg.attention_impl == "einsum" or dropout_active:
-        return _einsum_attention(cfg, q, k, v, input_mask, dropout, deterministic, rngs)
-    if cfg.attention_impl == "cudnn":
-        # cuDNN's fused kernel masks by key length (BERT padding is a suffix). A fully padded
-        # row (eval padding) keeps one key so its output stays finite.
-        lengths = jnp.maximum(jnp.sum(input_mask, axis=-1, dtype=jnp.int32), 1)  # [B]
+        return _einsum_attention(cfg, q, k, v, mask.allowed(window), dropout, deterministic, rngs)
+    if cfg.attention_impl == "cudnn" and mask.document_ids is None and window is None:
+        # BERT padding is a suffix. A fully padded row (eval padding) keeps one key so its
+        # output stays finite.
+        lengths = jnp.maximum(jnp.sum(mask.input_mask, axis=-1, dtype=jnp.int32), 1)  # [B]
         return jax.nn.dot_product_attention(
             q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
         )
     # The XLA path computes scores in float32 and the softmax in float32 for bf16 inputs.
-    mask = input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+    implementation = "cudnn" if cfg.attention_impl == "cudnn" else "xla"
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask.allowed(window), implementation=implementation
+    )
 
 
-def _einsum_attention(cfg, q, k, v, input_mask, dropout, deterministic, rngs) -> jax.Array:
+def _einsum_attention(cfg, q, k, v, allowed, dropout, deterministic, rngs) -> jax.Array:
     """Reference attention with the softmax in float32 and dropout on the probabilities."""
     scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
     scores *= 1.0 / np.sqrt(cfg.head_dim)  # [B, N, S, S]
-    mask = input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
     # A large finite negative (not -inf) keeps fully padded rows finite (uniform weights).
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     probs = dropout(probs, deterministic=deterministic, rngs=rngs)
     return jnp.einsum("bnts,bsnd->btnd", probs.astype(cfg.dtype), v)  # [B, S, N, D]

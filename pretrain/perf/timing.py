@@ -36,12 +36,18 @@ from pretrain.training.workdir import data_cache_dir, prepare_tokenizer
 
 
 def synthetic_batch(
-    batch_size: int, seq_len: int, num_predictions: int, vocab_size: int, seed: int = 0
+    batch_size: int,
+    seq_len: int,
+    num_predictions: int,
+    vocab_size: int,
+    seed: int = 0,
+    packed: bool = False,
 ) -> dict[str, np.ndarray]:
     """A full-length pretraining batch of random tokens (Batch table of docs/architecture.md).
 
     No padding: a dense step costs the same with or without it, and full rows make every masked
-    position real. Positions are distinct and never [CLS] (0) or the final [SEP].
+    position real. Positions are distinct and never [CLS] (0) or the final [SEP]. `packed` rows
+    (data.objective='packed') hold two documents, split at a random point, and no NSP fields.
     """
     if num_predictions > seq_len - 2:
         raise ConfigError(
@@ -52,6 +58,19 @@ def synthetic_batch(
     b, s, p = batch_size, seq_len, num_predictions
     low = min(5, vocab_size - 1)  # Skip the special ids when the vocabulary allows it.
     positions = np.sort(rng.random((b, s - 2)).argsort(axis=1)[:, :p] + 1, axis=1)
+    if packed:
+        split = rng.integers(1, s, (b, 1))
+        index = np.arange(s)[None, :]
+        return {
+            "input_ids": rng.integers(low, vocab_size, (b, s), dtype=np.int32),
+            "input_mask": np.ones((b, s), np.int32),
+            "segment_ids": np.zeros((b, s), np.int32),
+            "document_ids": np.where(index < split, 1, 2).astype(np.int32),
+            "positions": np.where(index < split, index, index - split).astype(np.int32),
+            "masked_lm_positions": positions.astype(np.int32),
+            "masked_lm_ids": rng.integers(low, vocab_size, (b, p), dtype=np.int32),
+            "masked_lm_weights": np.ones((b, p), np.float32),
+        }
     return {
         "input_ids": rng.integers(low, vocab_size, (b, s), dtype=np.int32),
         "input_mask": np.ones((b, s), np.int32),
@@ -136,7 +155,8 @@ def prepare_train_step(
     b, s = config.global_batch_size, config.data.max_seq_length
     if host_batch is None:
         p = config.data.max_predictions_per_seq
-        host_batch = synthetic_batch(b, s, p, vocab_size, config.seed)
+        packed = config.data.objective == "packed"
+        host_batch = synthetic_batch(b, s, p, vocab_size, config.seed, packed=packed)
     rows = sharding.process_rows(mesh, rules, b)
     local = {k: np.asarray(v)[rows] for k, v in host_batch.items()}
     batch = sharding.host_to_global(local, mesh, rules, b)

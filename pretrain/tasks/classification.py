@@ -51,6 +51,7 @@ class ClassificationTask(FinetuningTask):
     """Labels (or a score) per sequence or sequence pair."""
 
     tasks = ("classification", "regression")
+    export_head = "classification"
 
     def __init__(self, config, model_config, pretrained_step, dataset: data.ClassificationData):
         super().__init__(config, model_config, pretrained_step)
@@ -60,6 +61,13 @@ class ClassificationTask(FinetuningTask):
         self.train_data = dataset.train
         self.eval_data = dataset.eval
         self.best_metric = best_metric(config, self.labels)
+
+    @classmethod
+    def for_model(cls, config, model_config, labels: list[str]) -> ClassificationTask:
+        return cls(config, model_config, None, data.ClassificationData(None, None, labels, None))
+
+    def export_labels(self) -> list[str]:
+        return list(self.labels)  # [] for regression: one output, 'regression' problem type.
 
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> ClassificationTask:

@@ -26,9 +26,10 @@ from pretrain.models.params import named_leaves
 from pretrain.tasks.base import Task
 from pretrain.training import validation
 from pretrain.training.checkpoint import Checkpointer
-from pretrain.training.errors import CheckpointError, ConfigError, DataError
+from pretrain.training.errors import CheckpointError, ConfigError, DataError, MissingInputError
 from pretrain.training.metrics import status
 from pretrain.training.workdir import (
+    BEST_DIR,
     checkpoints_dir,
     latest_checkpoint,
     prepare_tokenizer,
@@ -68,8 +69,9 @@ def resolve_model_config(
     return model_config
 
 
-def restore_encoder(init_from: str, step: int, abstract_encoder: nnx.State) -> nnx.State:
-    """The `params/encoder` subtree of checkpoint `step`, read straight into its shardings.
+def restore_pretrained(init_from: str, step: int, abstract: Mapping[str, Any]) -> dict[str, Any]:
+    """The subtrees `abstract` names (e.g. {"encoder": ...}) of checkpoint `step`'s params, read
+    straight into their shardings.
 
     Raises CheckpointError if a parameter is missing or its shape differs (another model size,
     or another tokenizer's vocabulary).
@@ -79,7 +81,7 @@ def restore_encoder(init_from: str, step: int, abstract_encoder: nnx.State) -> n
         name: tuple(m.shape)
         for name, m in named_leaves(ocp.PyTreeCheckpointHandler().metadata(path).tree).items()
     }
-    for name, leaf in named_leaves({"params": {"encoder": abstract_encoder}}).items():
+    for name, leaf in named_leaves({"params": abstract}).items():
         if name not in saved:
             raise CheckpointError(
                 f"{path} has no parameter {name}: init_from must be a workdir of "
@@ -93,7 +95,7 @@ def restore_encoder(init_from: str, step: int, abstract_encoder: nnx.State) -> n
             )
     checkpointer = Checkpointer(checkpoints_dir(init_from))
     try:
-        return checkpointer.restore_params(step, {"encoder": abstract_encoder})["encoder"]
+        return checkpointer.restore_params(step, dict(abstract))
     finally:
         checkpointer.close()
 
@@ -103,6 +105,22 @@ class FinetuningTask(Task):
 
     kind = "finetuning"
     tasks: tuple[str, ...] = ()  # The config.task values this class trains.
+    export_head: str  # The Hugging Face class it exports to (pretrain/hf/convert.py heads).
+
+    @classmethod
+    def for_model(
+        cls, config: ml_collections.ConfigDict, model_config: EncoderConfig, labels: list[str]
+    ) -> FinetuningTask:
+        """The task without data: enough to build its model (export, evaluate, predict)."""
+        raise NotImplementedError
+
+    def export_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameter tree as plain weights (LoRA adapters merged)."""
+        return params
+
+    def export_labels(self) -> list[str] | None:
+        """Class names by id for `id2label` (None: the head has no named classes)."""
+        return None
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -146,11 +164,18 @@ class FinetuningTask(Task):
         if self.pretrained_step is None:
             status("Random init: config.init_from is empty.")
             return None
-        encoder = restore_encoder(
-            self.config.init_from, self.pretrained_step, abstract_params["encoder"]
-        )
-        status(f"Encoder restored from {self.config.init_from}, step {self.pretrained_step}.")
-        return {"encoder": encoder}
+        wanted: dict[str, Any] = {"encoder": abstract_params["encoder"]}
+        if "head" in abstract_params:
+            # ModernBERT task heads start from the MLM head's transform, as in transformers
+            # (both are `head.*` there).
+            wanted["mlm_head"] = {"head": abstract_params["head"]}
+        restored = restore_pretrained(self.config.init_from, self.pretrained_step, wanted)
+        parts = "Encoder and head" if "mlm_head" in restored else "Encoder"
+        status(f"{parts} restored from {self.config.init_from}, step {self.pretrained_step}.")
+        out = {"encoder": restored["encoder"]}
+        if "mlm_head" in restored:
+            out["head"] = restored["mlm_head"]["head"]
+        return out
 
     def checkpoint_record(self) -> dict[str, Any]:
         """The config with the architecture actually used filled in."""
@@ -178,3 +203,31 @@ def save_labels(workdir: epath.Path, task: str, labels: list[str]) -> None:
         files.write_text(
             workdir / LABELS_FILE, json.dumps({"task": task, "labels": labels}, indent=2) + "\n"
         )
+
+
+def restore_for_export(workdir: str, step: int | None = None):
+    """A fine-tuning workdir's model as plain arrays for `pretrain/hf/exporting.py`: the best
+    checkpoint (WORKDIR/best) when there is one and `step` is None, else `step` or the newest."""
+    from pretrain import tasks
+    from pretrain.hf import exporting
+
+    root = epath.Path(workdir)
+    directory = root / BEST_DIR if step is None and (root / BEST_DIR).is_dir() else None
+    if directory is None or not any(p.name.isdigit() for p in directory.iterdir()):
+        directory = checkpoints_dir(workdir)
+    if not directory.is_dir():
+        raise MissingInputError(f"{workdir} has no checkpoints: fine-tune first.")
+    saved, step = exporting.saved_config(directory, step)
+    config = ml_collections.ConfigDict(saved)
+    tokenizer = vocab.load(str(tokenizer_file(workdir)))
+    model_config = EncoderConfig.from_config(
+        config.model, vocab_size=tokenizer.vocab_size, dtype="float32"
+    )
+    task = tasks.finetuning_task(config.task).for_model(
+        config, model_config, load_labels(root, config.task) or []
+    )
+    params, step = exporting.read_params(directory, step, task.make_model)
+    return exporting.Restored(
+        task.export_params(params), model_config, step, tokenizer, task.export_head,
+        task.export_labels(),
+    )  # fmt: skip

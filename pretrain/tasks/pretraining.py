@@ -1,9 +1,11 @@
-"""Pretraining as a task of the one loop: masked LM + next-sentence prediction (BERT).
+"""Pretraining as a task of the one loop: masked LM, with next-sentence prediction or not.
 
-Data: NSP instances built into shards (`data_pipeline/shards.py`), read by random access with
-dynamic masks (`data_pipeline/loader.py`); the batch of step `s` is a pure function of (seed, s).
-Loss: `mlm_sum / mlm_weight + nsp_sum / nsp_weight`, both weights counted over the whole global
-batch (masked positions; real examples).
+`data.objective='nsp'` (BERT): sentence pairs, loss `mlm_sum / mlm_weight + nsp_sum /
+nsp_weight`, both weights counted over the whole global batch (masked positions; real examples).
+`data.objective='packed'` (ModernBERT's recipe): full rows of concatenated documents, attention
+within each document, masked LM only (`mlm_sum / mlm_weight`); the rows' metrics have no NSP
+fields. Data: built into shards (`data_pipeline/shards.py`), read by random access with dynamic
+masks (`data_pipeline/loader.py`); the batch of step `s` is a pure function of (seed, s).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class PretrainingTask(Task):
     ):
         """The task without data (`train_data` None) serves the benchmark's synthetic batches."""
         self.config = config
+        self.nsp = config.data.get("objective", "nsp") == "nsp"
         self.model_config = EncoderConfig.from_config(
             config.model, vocab_size=vocab_size, dtype=config.dtype
         )
@@ -83,13 +86,13 @@ class PretrainingTask(Task):
         return cls(config, tokenizer.vocab_size, train, capped)
 
     def make_model(self, rngs: nnx.Rngs) -> PreTrainingModel:
-        return PreTrainingModel(self.model_config, rngs=rngs)
+        return PreTrainingModel(self.model_config, with_nsp=self.nsp, rngs=rngs)
 
     def loss_weights(self, batch: Batch) -> Sums:
-        return {
-            "mlm": jnp.maximum(batch["masked_lm_weights"].sum(), 1.0),
-            "nsp": jnp.maximum(batch["next_sentence_weights"].sum(), 1.0),
-        }
+        weights = {"mlm": jnp.maximum(batch["masked_lm_weights"].sum(), 1.0)}
+        if self.nsp:
+            weights["nsp"] = jnp.maximum(batch["next_sentence_weights"].sum(), 1.0)
+        return weights
 
     def _terms(self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
         mlm_logits, nsp_logits = model(
@@ -97,9 +100,13 @@ class PretrainingTask(Task):
             batch["input_mask"],
             batch["segment_ids"],
             batch["masked_lm_positions"],
+            document_ids=batch.get("document_ids"),
+            positions=batch.get("positions"),
             deterministic=rngs is None,
             rngs=rngs,
         )
+        if not self.nsp:
+            return losses.mlm_loss_terms(mlm_logits, batch)
         return losses.pretraining_loss_terms(mlm_logits, nsp_logits, batch)
 
     def loss_sums(self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
@@ -107,12 +114,15 @@ class PretrainingTask(Task):
 
     def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
         mlm_loss = sums["mlm_loss_sum"] / weights["mlm"]
+        mlm_accuracy = sums["mlm_correct"] / weights["mlm"]
+        if not self.nsp:
+            return {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy}
         nsp_loss = sums["nsp_loss_sum"] / weights["nsp"]
         return {
             "loss": mlm_loss + nsp_loss,
             "mlm_loss": mlm_loss,
             "nsp_loss": nsp_loss,
-            "mlm_accuracy": sums["mlm_correct"] / weights["mlm"],
+            "mlm_accuracy": mlm_accuracy,
             "nsp_accuracy": sums["nsp_correct"] / weights["nsp"],
         }
 
@@ -122,13 +132,15 @@ class PretrainingTask(Task):
 
     def eval_metrics(self, sums: dict[str, Any], outputs: dict[str, np.ndarray]) -> dict:
         mlm_w = max(float(sums["mlm_weight"]), 1.0)
-        nsp_w = max(float(sums["nsp_weight"]), 1.0)
-        return {
+        row = {
             "eval_mlm_loss": float(sums["mlm_loss_sum"]) / mlm_w,
             "eval_mlm_accuracy": float(sums["mlm_correct"]) / mlm_w,
-            "eval_nsp_loss": float(sums["nsp_loss_sum"]) / nsp_w,
-            "eval_nsp_accuracy": float(sums["nsp_correct"]) / nsp_w,
         }
+        if self.nsp:
+            nsp_w = max(float(sums["nsp_weight"]), 1.0)
+            row["eval_nsp_loss"] = float(sums["nsp_loss_sum"]) / nsp_w
+            row["eval_nsp_accuracy"] = float(sums["nsp_correct"]) / nsp_w
+        return row
 
     def flops_per_token(self) -> float:
         return flops.config_train_flops(self.config, self.model_config.vocab_size).per_token

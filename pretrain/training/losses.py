@@ -30,6 +30,14 @@ def weighted_accuracy(
     return jnp.sum(correct * weights), jnp.sum(weights)
 
 
+def mlm_loss_terms(mlm_logits: jax.Array, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Masked-LM sums and weight; mlm_logits [B, P, V] (float32 scalars)."""
+    mlm_ids, mlm_w = batch["masked_lm_ids"], batch["masked_lm_weights"]
+    mlm_loss_sum, mlm_weight = weighted_cross_entropy(mlm_logits, mlm_ids, mlm_w)
+    mlm_correct, _ = weighted_accuracy(mlm_logits, mlm_ids, mlm_w)
+    return {"mlm_loss_sum": mlm_loss_sum, "mlm_weight": mlm_weight, "mlm_correct": mlm_correct}
+
+
 def pretraining_loss_terms(
     mlm_logits: jax.Array, nsp_logits: jax.Array, batch: dict[str, jax.Array]
 ) -> dict[str, jax.Array]:
@@ -38,16 +46,11 @@ def pretraining_loss_terms(
     Uses batch['masked_lm_ids'], ['masked_lm_weights'], ['next_sentence_labels'] and
     ['next_sentence_weights'].
     """
-    mlm_ids, mlm_w = batch["masked_lm_ids"], batch["masked_lm_weights"]
     nsp_labels, nsp_w = batch["next_sentence_labels"], batch["next_sentence_weights"]
-    mlm_loss_sum, mlm_weight = weighted_cross_entropy(mlm_logits, mlm_ids, mlm_w)
-    mlm_correct, _ = weighted_accuracy(mlm_logits, mlm_ids, mlm_w)
     nsp_loss_sum, nsp_weight = weighted_cross_entropy(nsp_logits, nsp_labels, nsp_w)
     nsp_correct, _ = weighted_accuracy(nsp_logits, nsp_labels, nsp_w)
     return {
-        "mlm_loss_sum": mlm_loss_sum,
-        "mlm_weight": mlm_weight,
-        "mlm_correct": mlm_correct,
+        **mlm_loss_terms(mlm_logits, batch),
         "nsp_loss_sum": nsp_loss_sum,
         "nsp_weight": nsp_weight,
         "nsp_correct": nsp_correct,

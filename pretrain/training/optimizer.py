@@ -32,7 +32,9 @@ def warmup_steps(opt_config: ml_collections.ConfigDict, num_train_steps: int) ->
 def learning_rate_schedule(
     opt_config: ml_collections.ConfigDict, num_train_steps: int
 ) -> optax.Schedule:
-    """Linear warmup from 0 to the peak, then linear/polynomial decay (or constant) to the end."""
+    """Linear warmup from 0 to the peak, then to the end of the run: linear or polynomial decay,
+    constant, or 'wsd' (warmup-stable-decay, the trapezoid of ModernBERT and MiniCPM: the peak
+    until the last `decay_fraction` of the steps, then linear decay to the end rate)."""
     peak = float(opt_config.learning_rate)
     warmup = warmup_steps(opt_config, num_train_steps)
     if peak <= 0:
@@ -48,9 +50,16 @@ def learning_rate_schedule(
         )
     elif opt_config.decay == "constant":
         decay_fn = optax.constant_schedule(peak)
+    elif opt_config.decay == "wsd":
+        tail = max(round(float(opt_config.decay_fraction) * num_train_steps), 1)
+        stable = max(num_train_steps - warmup - tail, 0)
+        end = float(opt_config.end_learning_rate)
+        decay_fn = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, end, tail)], [stable]
+        )
     else:
         raise ConfigError(
-            f"config.optimizer.decay must be 'linear', 'polynomial' or 'constant', "
+            f"config.optimizer.decay must be 'linear', 'polynomial', 'constant' or 'wsd', "
             f"got {opt_config.decay!r}."
         )
     return optax.join_schedules([warmup_fn, decay_fn], [warmup])

@@ -87,11 +87,13 @@ def check_optimizer(config: ml_collections.ConfigDict) -> None:
             f"{config.num_train_steps}: the learning rate would never reach its peak; lower the "
             "warmup (BERT: 1% of the steps, GLUE: 10%)."
         )
-    if opt.decay not in ("linear", "polynomial", "constant"):
+    if opt.decay not in ("linear", "polynomial", "constant", "wsd"):
         raise ConfigError(
-            "config.optimizer.decay must be 'linear', 'polynomial' or 'constant', "
+            "config.optimizer.decay must be 'linear', 'polynomial', 'constant' or 'wsd', "
             f"got {opt.decay!r}."
         )
+    if "decay_fraction" in opt:
+        _in_range(config, "optimizer.decay_fraction", 0.0, 1.0)
     if not opt.decay_power > 0:
         raise ConfigError(f"config.optimizer.decay_power must be > 0, got {opt.decay_power}.")
     _in_range(config, "optimizer.end_learning_rate", 0.0, float(opt.learning_rate))
@@ -152,6 +154,21 @@ def check_pretraining(config: ml_collections.ConfigDict) -> None:
             f"config.data.max_seq_length ({data.max_seq_length}) exceeds "
             f"config.model.max_position_embeddings ({model.max_position_embeddings}); raise the "
             f"latter or shorten the sequences."
+        )
+    objective = data.get("objective", "nsp")
+    if objective not in ("nsp", "packed"):
+        raise ConfigError(f"config.data.objective must be 'nsp' or 'packed', got {objective!r}.")
+    if model.get("arch", "bert") == "modernbert" and objective != "packed":
+        raise ConfigError(
+            "config.model.arch='modernbert' pretrains on packed rows without NSP: set "
+            "config.data.objective='packed'."
+        )
+    expected = round(data.masked_lm_prob * data.max_seq_length)
+    if expected > data.max_predictions_per_seq:
+        raise ConfigError(
+            f"config.data.max_predictions_per_seq={data.max_predictions_per_seq} caps masking "
+            f"below config.data.masked_lm_prob={data.masked_lm_prob} ({expected} of "
+            f"{data.max_seq_length} positions): raise it to at least {expected}."
         )
     if data.max_predictions_per_seq > data.max_seq_length - 3:
         raise ConfigError(
