@@ -138,7 +138,7 @@ def read_entries(dict_path: Path) -> list[tuple[int, str, str]]:
     for (off, length), headword in sorted(spans.items()):
         if re.match(r"^00-?database", headword):
             continue
-        entries.append((off, headword, data[off : off + length].decode("utf-8")))
+        entries.append((off, headword, data[off : off + length].decode("utf-8", "replace")))
     return entries
 
 

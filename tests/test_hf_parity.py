@@ -221,3 +221,36 @@ def test_bert_base_parameter_count_matches_hf():
     cfg = EncoderConfig(**hf_convert.config_from_hf(hf.config.to_dict()))
     abstract = nnx.eval_shape(lambda: heads.PreTrainingModel(cfg, rngs=nnx.Rngs(params=0)))
     assert count_params(nnx.state(abstract, nnx.Param)) == hf_count == 110_106_428
+
+
+@pytest.mark.parametrize(
+    "cls, head, outputs",
+    [("BertForTokenClassification", "token", 5), ("BertForQuestionAnswering", "qa", 2)],
+)
+def test_token_and_qa_heads_match_hf(cls, head, outputs):
+    hf = hf_model(getattr(transformers, cls), num_labels=outputs)
+    cfg = our_config(hf)
+    state_dict = numpy_state_dict(hf)
+    params = hf_convert.from_hf_state_dict(state_dict, cfg, head=head)
+    ours = heads.TokenClassifier(cfg, outputs, dropout_rate=0.1, rngs=nnx.Rngs(params=0))
+    state = nnx.state(ours, nnx.Param)
+    nnx.replace_by_pure_dict(state, {**nnx.to_pure_dict(state), **params,
+                                     "encoder": {**nnx.to_pure_dict(state)["encoder"],
+                                                 **params["encoder"]}})  # fmt: skip
+    nnx.update(ours, state)
+    x = make_inputs()
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.from_numpy(x["input_ids"]).long(),
+            attention_mask=torch.from_numpy(x["input_mask"]).long(),
+            token_type_ids=torch.from_numpy(x["segment_ids"]).long(),
+        )
+    expected = (
+        out.logits.numpy() if head == "token"
+        else np.stack([out.start_logits.numpy(), out.end_logits.numpy()], axis=-1)
+    )  # fmt: skip
+    got = np.asarray(ours(x["input_ids"], x["input_mask"], x["segment_ids"], deterministic=True))
+    real = x["input_mask"].astype(bool)
+    assert np.abs(got[real] - expected[real]).max() <= 1e-4
+    back = hf_convert.to_hf_state_dict(params, cfg, head=head)
+    assert back.keys() == state_dict.keys()  # No pooler in these classes, as HF's.

@@ -259,3 +259,26 @@ def test_local_layers_see_only_their_window():
     half = cfg.local_attention // 2
     assert np.all(moved[0, np.abs(np.arange(S) - 12) > half] == 0)
     assert np.all(moved[0, np.abs(np.arange(S) - 12) <= half] > 0)
+
+
+@pytest.mark.parametrize(
+    "cls, head, outputs",
+    [("ModernBertForTokenClassification", "token", 5), ("ModernBertForQuestionAnswering", "qa", 2)],
+)
+def test_token_and_qa_heads_match_hf(cls, head, outputs):
+    hf = hf_model(getattr(transformers, cls), num_labels=outputs)
+    cfg = our_config(hf)
+    ours = heads.TokenClassifier(cfg, outputs, dropout_rate=0.0, rngs=nnx.Rngs(params=0))
+    load(ours, hf_convert.from_hf_state_dict(numpy_state_dict(hf), cfg, head=head))
+    x = make_inputs(seed=4)
+    with torch.no_grad():
+        out = hf(
+            input_ids=torch.from_numpy(x["input_ids"]).long(),
+            attention_mask=torch.from_numpy(x["input_mask"]).long(),
+        )
+    expected = (
+        out.logits.numpy() if head == "token"
+        else np.stack([out.start_logits.numpy(), out.end_logits.numpy()], axis=-1)
+    )  # fmt: skip
+    got = ours(x["input_ids"], x["input_mask"], np.zeros_like(x["input_mask"]), deterministic=True)
+    assert_close_on_real_tokens(np.asarray(got), expected, x["lengths"])

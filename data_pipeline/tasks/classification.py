@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from data_pipeline.errors import ConfigError, DataError
+from data_pipeline.errors import ConfigError, DataError, MissingInputError
 from data_pipeline.order import EpochOrder, check_rows
 from data_pipeline.tasks.examples import (
     RawExamples,
@@ -316,10 +317,44 @@ def build_datasets(
             f"{eval_raw.source} and {train_raw.source} disagree on sentence pairs: one has a "
             "text_b column and the other not; give both files the same layout."
         )
-    eval_ids = encode_labels(eval_raw, labels, task, train_raw.source)
-    eval_batches = EvalBatches(
-        tokenize(eval_raw, eval_ids, tokenizer, data_config.max_seq_length),
-        batch_size=eval_batch_size,
-        **batch_args,
+    evals = eval_batches(eval_raw, labels, task, tokenizer, data_config, eval_batch_size,
+                         train_raw.source)  # fmt: skip
+    return ClassificationData(train, evals, labels, eval_raw)
+
+
+def eval_batches(raw: RawExamples, labels: Sequence[str], task: str, tokenizer, data_config,
+                 batch_size: int, train_source: str) -> EvalBatches:  # fmt: skip
+    """Eval batches of labelled examples (`raw.label` None-free) or, for prediction, of
+    examples whose labels are unknown (`read_inputs`: all encoded as 0)."""
+    if raw.label and raw.label[0] is None:
+        dtype = np.float32 if task == "regression" else np.int32
+        ids = np.zeros(len(raw), dtype)
+    else:
+        ids = encode_labels(raw, labels, task, train_source)
+    return EvalBatches(
+        tokenize(raw, ids, tokenizer, data_config.max_seq_length),
+        batch_size=batch_size,
+        max_seq_length=data_config.max_seq_length,
+        cls_id=tokenizer.cls_id,
+        sep_id=tokenizer.sep_id,
     )
-    return ClassificationData(train, eval_batches, labels, eval_raw)
+
+
+def read_inputs(path: str) -> RawExamples:
+    """Unlabelled input: one `text` or `text_a<TAB>text_b` per line (every line alike)."""
+    if not os.path.isfile(path):
+        raise MissingInputError(f"input file {path!r} not found.")
+    with open(path, encoding="utf-8") as f:
+        rows = [line.rstrip("\r\n").split("\t") for line in f]
+    if not rows:
+        raise DataError(f"{path} is empty: give one text (or text_a<TAB>text_b) per line.")
+    columns = {len(r) for r in rows}
+    if len(columns) != 1 or columns.pop() not in (1, 2):
+        raise DataError(
+            f"{path}: every line must be `text` or `text_a<TAB>text_b`, the same in all lines."
+        )
+    pairs = len(rows[0]) == 2
+    return RawExamples(
+        path, [r[0] for r in rows], [r[1] for r in rows] if pairs else None,
+        [None] * len(rows), list(range(1, len(rows) + 1)),
+    )  # fmt: skip

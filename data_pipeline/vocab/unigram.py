@@ -226,6 +226,18 @@ class SentencePieceTokenizer:
         """Token ids of `text` (normalized, and lower-cased if the model was trained so)."""
         return self._sp.encode(text)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and, per id, the (start, end) characters of `text` it covers, without
+        the whitespace a word-start piece stands for."""
+        ids, spans = [], []
+        for piece in self._sp.encode(text, out_type="immutable_proto").pieces:
+            start, end = piece.begin, piece.end
+            while start < end and text[start].isspace():
+                start += 1
+            ids.append(piece.id)
+            spans.append((start, end))
+        return ids, spans
+
     def encode_batch(self, texts: Iterable[str], num_threads: int = -1) -> list[list[int]]:
         """Token ids of many texts, encoded in parallel (-1: all CPUs)."""
         return self._sp.encode(list(texts), num_threads=num_threads)

@@ -194,36 +194,48 @@ class WordPieceTokenizer:
         starts[list(self.special_ids)] = False
         return starts
 
-    def basic_tokenize(self, text: str) -> list[str]:
-        """Steps 1-4 of the module docstring: the normalized words and punctuation of `text`."""
-        chars = []
-        for char in text:
+    def _normalized_words(self, text: str) -> list[tuple[str, list[int]]]:
+        """Steps 1-4 of the module docstring: each normalized word or punctuation character of
+        `text`, with the index in `text` of the character each of its characters came from."""
+        words: list[tuple[str, list[int]]] = []
+        chars: list[str] = []
+        origins: list[int] = []
+
+        def end_word() -> None:
+            if chars:
+                words.append(("".join(chars), list(origins)))
+                chars.clear()
+                origins.clear()
+
+        for i, char in enumerate(text):
             if char in "\x00\ufffd" or _is_control(char):
                 continue
             if char.isspace():
-                chars.append(" ")
-            elif self.tokenize_chinese_chars and _is_cjk(char):
-                chars.extend((" ", char, " "))
-            else:
-                chars.append(char)
-        text = "".join(chars)
-        if self.strip_accents:
-            text = unicodedata.normalize("NFD", text)
-            text = "".join(c for c in text if unicodedata.category(c) != "Mn")
-        if self.lower_case:
-            text = "".join(c.lower() for c in text)  # Per character, as HF's (no final sigma).
-        words = []
-        for word in text.split():
-            start = 0
-            for i, char in enumerate(word):
-                if _is_punctuation(char):
-                    if start < i:
-                        words.append(word[start:i])
-                    words.append(char)
-                    start = i + 1
-            if start < len(word):
-                words.append(word[start:])
+                end_word()
+                continue
+            if self.tokenize_chinese_chars and _is_cjk(char):
+                end_word()
+                words.append((char, [i]))
+                continue
+            if self.strip_accents:
+                char = "".join(
+                    c for c in unicodedata.normalize("NFD", char) if unicodedata.category(c) != "Mn"
+                )
+            if self.lower_case:
+                char = char.lower()  # Per character, as HF's (no final sigma).
+            for c in char:
+                if _is_punctuation(c):
+                    end_word()
+                    words.append((c, [i]))
+                else:
+                    chars.append(c)
+                    origins.append(i)
+        end_word()
         return words
+
+    def basic_tokenize(self, text: str) -> list[str]:
+        """Steps 1-4 of the module docstring: the normalized words and punctuation of `text`."""
+        return [word for word, _ in self._normalized_words(text)]
 
     def _word_to_ids(self, word: str) -> tuple[int, ...]:
         """Greedy longest-match-first split of one word (step 5)."""
@@ -252,6 +264,23 @@ class WordPieceTokenizer:
                 cached = self._word_cache[word] = self._word_to_ids(word)
             ids.extend(cached)
         return ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and, per id, the (start, end) characters of `text` it covers."""
+        ids, spans = [], []
+        for word, origins in self._normalized_words(text):
+            pieces = self._word_to_ids(word)
+            if pieces == (self.unk_id,):
+                ids.append(self.unk_id)
+                spans.append((origins[0], origins[-1] + 1))
+                continue
+            start = 0
+            for piece_id in pieces:
+                length = len(self._pieces[piece_id]) - (len(CONTINUATION) if start else 0)
+                ids.append(piece_id)
+                spans.append((origins[start], origins[start + length - 1] + 1))
+                start += length
+        return ids, spans
 
     def encode_batch(self, texts: Iterable[str], num_threads: int = -1) -> list[list[int]]:
         """Token ids of many texts (`num_threads` is accepted for interface parity; unused)."""

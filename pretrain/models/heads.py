@@ -3,7 +3,9 @@
 * `PreTrainingModel`: masked-LM head (tied decoder) and, for NSP pretraining, the
   next-sentence head;
 * `SequenceClassifier`: pooled output (ModernBERT: then its prediction head) -> dropout -> linear
-  layer (num_outputs = labels, or 1 for regression).
+  layer (num_outputs = labels, or 1 for regression);
+* `TokenClassifier`: every position's output (ModernBERT: then its prediction head) -> dropout ->
+  linear layer: tags per token (num_outputs = labels) or QA's start and end logits (2).
 
 The encoder is always the `encoder` attribute, so every task's parameters hold the same
 `encoder/...` subtree: fine-tuning restores it from a pretraining checkpoint by that name.
@@ -164,6 +166,37 @@ class SequenceClassifier(nnx.Module):
             pooled = self.head(pooled)
         pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
         return self.classifier(pooled)
+
+
+class TokenClassifier(nnx.Module):
+    """Logits per token, as Hugging Face's `*ForTokenClassification` (and, with 2 outputs and no
+    dropout for BERT, `*ForQuestionAnswering`)."""
+
+    def __init__(
+        self, cfg: EncoderConfig, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs
+    ):
+        self.cfg = cfg
+        self.encoder = make_encoder(cfg, rngs)
+        self.head = PredictionHead(cfg, rngs=rngs) if cfg.arch == "modernbert" else None
+        self.dropout = nnx.Dropout(dropout_rate)
+        self.classifier = linear_head(cfg, num_outputs, rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        input_mask: jax.Array,
+        segment_ids: jax.Array,
+        *,
+        deterministic: bool,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """[B, S] ids/mask/segments -> [B, S, C] float32."""
+        check_rngs(self.cfg, deterministic, rngs, self.dropout.rate > 0)
+        x = self.encoder(input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs)
+        if self.head is not None:
+            x = self.head(x)
+        x = self.dropout(x, deterministic=deterministic, rngs=rngs)
+        return self.classifier(x)
 
 
 def check_rngs(

@@ -5,11 +5,16 @@ a fine-tuning task is one new module and one entry here.
 """
 
 from pretrain.tasks.classification import ClassificationTask
+from pretrain.tasks.finetuning import FinetuningTask
+from pretrain.tasks.qa import QaTask
+from pretrain.tasks.tagging import TaggingTask
 
-FINETUNING_TASKS = {name: ClassificationTask for name in ClassificationTask.tasks}
+FINETUNING_TASKS = {
+    name: task for task in (ClassificationTask, TaggingTask, QaTask) for name in task.tasks
+}
 
 
-def finetuning_task(name: str) -> type[ClassificationTask]:
+def finetuning_task(name: str) -> type[FinetuningTask]:
     """The task class of `config.task`; ConfigError naming the choices for anything else."""
     from data_pipeline.errors import ConfigError
 

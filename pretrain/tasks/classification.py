@@ -11,6 +11,7 @@ holds the eval predictions at the end.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -22,13 +23,15 @@ from flax import nnx
 
 from data_pipeline import files
 from data_pipeline.tasks import classification as data
+from data_pipeline.tasks.examples import read_examples, skip_header
 from pretrain.models.heads import SequenceClassifier
-from pretrain.tasks import classification_metrics
+from pretrain.tasks import classification_metrics, reporting
 from pretrain.tasks.base import Batch, Sums
 from pretrain.tasks.finetuning import FinetuningTask, load_labels, resolve_model_config, save_labels
 from pretrain.training.errors import ConfigError
 
 PREDICTIONS_FILE = "predictions.tsv"
+CONFUSION_FILE = "confusion_matrix.png"
 
 
 def best_metric(config: ml_collections.ConfigDict, labels: list[str]) -> str:
@@ -83,7 +86,9 @@ class ClassificationTask(FinetuningTask):
         )
         save_labels(workdir, config.task, dataset.labels)
         model_config = resolve_model_config(config, tokenizer.vocab_size, pretrained)
-        return cls(config, model_config, step, dataset)
+        task = cls(config, model_config, step, dataset)
+        task.tokenizer = tokenizer
+        return task
 
     def make_model(self, rngs: nnx.Rngs) -> SequenceClassifier:
         num_outputs = len(self.labels) or 1
@@ -141,6 +146,41 @@ class ClassificationTask(FinetuningTask):
             metrics = classification_metrics.regression_metrics(gold, logits[:, 0])
         row.update({f"eval_{k}": v for k, v in metrics.items()})
         return row
+
+    def load_eval(self, path: str, batch_size: int) -> None:
+        c = self.config.data
+        raw = skip_header(read_examples(path, c), self.config.task, c.get("has_header"),
+                          self.labels or None)  # fmt: skip
+        self.eval_data = data.eval_batches(raw, self.labels, self.config.task, self.tokenizer, c,
+                                           batch_size, "the fine-tuning data")  # fmt: skip
+        self.dataset = dataclasses.replace(self.dataset, eval=self.eval_data, eval_examples=raw)
+
+    def load_inputs(self, path: str, batch_size: int) -> None:
+        raw = data.read_inputs(path)
+        self.eval_data = data.eval_batches(raw, self.labels, self.config.task, self.tokenizer,
+                                           self.config.data, batch_size, "")  # fmt: skip
+
+    def prediction_rows(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        logits = outputs["logits"]
+        if self.regression:
+            return [{"score": float(x)} for x in logits[:, 0]]
+        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+        return [{"label": self.labels[int(i)], "probability": float(p[i])}
+                for p, i in zip(probs, probs.argmax(axis=-1))]  # fmt: skip
+
+    def report(self, row: dict[str, float], outputs: dict[str, np.ndarray], out_dir) -> str:
+        text = reporting.metrics_section("Evaluation", row)
+        if self.regression:
+            return text
+        gold = self.eval_data.data.labels
+        cm = classification_metrics.confusion_matrix(
+            gold, outputs["logits"].argmax(axis=-1), len(self.labels)
+        )
+        rows = reporting.per_class_rows(cm, self.labels)
+        reporting.plot_confusion_matrix(cm, self.labels, str(out_dir / CONFUSION_FILE))
+        header = ["class", "precision", "recall", "f1", "support"]
+        return (text + "## Per class\n\n" + reporting.markdown_table(header, rows)
+                + f"\n![confusion matrix]({CONFUSION_FILE})\n")  # fmt: skip
 
     def on_end(self, workdir: epath.Path, outputs: dict[str, np.ndarray] | None) -> None:
         """WORKDIR/predictions.tsv from the best checkpoint's eval pass: per eval example its

@@ -26,10 +26,9 @@ from pretrain.models.params import named_leaves
 from pretrain.tasks.base import Task
 from pretrain.training import validation
 from pretrain.training.checkpoint import Checkpointer
-from pretrain.training.errors import CheckpointError, ConfigError, DataError, MissingInputError
+from pretrain.training.errors import CheckpointError, ConfigError, DataError
 from pretrain.training.metrics import status
 from pretrain.training.workdir import (
-    BEST_DIR,
     checkpoints_dir,
     latest_checkpoint,
     prepare_tokenizer,
@@ -122,6 +121,26 @@ class FinetuningTask(Task):
         """Class names by id for `id2label` (None: the head has no named classes)."""
         return None
 
+    # Evaluation and prediction on new files (pretrain/inference/session.py). `tokenizer` is
+    # set by `build`, or by the session for a task made with `for_model`.
+    tokenizer: Any = None
+
+    def load_eval(self, path: str, batch_size: int) -> None:
+        """Makes a labelled file (the task's training format) the eval data."""
+        raise NotImplementedError
+
+    def load_inputs(self, path: str, batch_size: int) -> None:
+        """Makes unlabelled input (the task's prediction format) the eval data."""
+        raise NotImplementedError
+
+    def prediction_rows(self, outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """One JSON-able dict per input example, in input order, from a pass's outputs."""
+        raise NotImplementedError
+
+    def report(self, row: dict[str, float], outputs: dict[str, Any], out_dir: epath.Path) -> str:
+        """The markdown of report.md (per-class scores); may write figures into `out_dir`."""
+        raise NotImplementedError
+
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
         from pretrain.tasks import FINETUNING_TASKS  # The registry imports the task modules.
@@ -210,13 +229,10 @@ def restore_for_export(workdir: str, step: int | None = None):
     checkpoint (WORKDIR/best) when there is one and `step` is None, else `step` or the newest."""
     from pretrain import tasks
     from pretrain.hf import exporting
+    from pretrain.inference.session import checkpoint_dir
 
     root = epath.Path(workdir)
-    directory = root / BEST_DIR if step is None and (root / BEST_DIR).is_dir() else None
-    if directory is None or not any(p.name.isdigit() for p in directory.iterdir()):
-        directory = checkpoints_dir(workdir)
-    if not directory.is_dir():
-        raise MissingInputError(f"{workdir} has no checkpoints: fine-tune first.")
+    directory = checkpoint_dir(root, step)
     saved, step = exporting.saved_config(directory, step)
     config = ml_collections.ConfigDict(saved)
     tokenizer = vocab.load(str(tokenizer_file(workdir)))

@@ -15,12 +15,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -31,12 +30,11 @@ from pretrain.tasks.base import Task
 from pretrain.training import claim, sharding, steps, validation
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import NonFiniteError
+from pretrain.training.evaluation import Feed, Put, evaluate
 from pretrain.training.metrics import MetricsWriter, ProgressLine, status
 from pretrain.training.optimizer import make_optimizer
 from pretrain.training.preemption import PreemptionWatcher
 from pretrain.training.workdir import BEST_DIR, checkpoints_dir
-
-Put = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
 
 
 def _device_batches(
@@ -69,33 +67,6 @@ def _device_batches(
         if isinstance(item, Exception):
             raise item
         yield item
-
-
-class _Feed:
-    """This process's rows of a global batch of `batch_size`, and how they reach the devices."""
-
-    def __init__(self, mesh: jax.sharding.Mesh, rules: sharding.Rules, batch_size: int):
-        self.rows = sharding.process_rows(mesh, rules, batch_size)
-        self.put: Put = lambda local: sharding.host_to_global(local, mesh, rules, batch_size)
-
-
-def evaluate(
-    eval_step: Any, params: Any, task: Task, feed: _Feed
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """The eval row of a full pass over `task.eval_data`, and its outputs in example order."""
-    data = task.eval_data
-    totals, gathered = None, []
-    for i in range(data.num_batches):
-        sums, outputs = eval_step(params, feed.put(data.batch(i, rows=feed.rows)))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        if outputs:
-            gathered.append(jax.device_get(outputs))
-    outputs = {}
-    if gathered:  # Padding rows come last: cut them off.
-        outputs = {
-            k: np.concatenate([g[k] for g in gathered])[: data.num_examples] for k in gathered[0]
-        }
-    return task.eval_metrics(jax.device_get(totals), outputs), outputs
 
 
 class _FiniteGuard:
@@ -265,7 +236,7 @@ class _Best:
         self.manager.save(step, state, {**self.record, "best": best}, force=True)
 
     def final_outputs(
-        self, last: dict | None, jitted: steps.Steps, task: Task, feed: _Feed
+        self, last: dict | None, jitted: steps.Steps, task: Task, feed: Feed
     ) -> dict | None:
         """The eval outputs of the best checkpoint (re-evaluated if it is from an earlier
         session), or of the last evaluation when no best is kept."""
@@ -293,8 +264,8 @@ def _run(
     """Steps start_step+1 .. num_train_steps with logging, evaluation and saves."""
     is_main, last = jax.process_index() == 0, config.num_train_steps
     mesh, rules = jitted.mesh, tuple(config.mesh.logical_axis_rules)
-    train_feed = _Feed(mesh, rules, config.global_batch_size)
-    eval_feed = _Feed(mesh, rules, config.eval_batch_size)
+    train_feed = Feed(mesh, rules, config.global_batch_size)
+    eval_feed = Feed(mesh, rules, config.eval_batch_size)
     writer = MetricsWriter(workdir, enabled=is_main)
     progress = ProgressLine(last, enabled=is_main)
     preemption.start(start_step)

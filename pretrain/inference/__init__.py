@@ -1,0 +1,1 @@
+"""Running fine-tuned models: evaluation on labelled files and prediction on new text."""

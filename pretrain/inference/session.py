@@ -1,0 +1,141 @@
+"""A fine-tuned model ready to run: `pretrain.evaluate` and `pretrain.predict` use this.
+
+`open_session(workdir)` reads a fine-tuning workdir: its best checkpoint (WORKDIR/best) or the
+newest (or `--step`), the config saved with it, its tokenizer and label set; it builds the task
+model, jits the task's eval step on a mesh (`--mesh`, default: data parallel over every device)
+and restores only the parameters into that mesh's shardings. A batch goes through the very step
+fine-tuning evaluated with, so `predict` gives the eval pass's predictions on the same examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from etils import epath
+
+from data_pipeline import vocab
+from data_pipeline.errors import ConfigError, MissingInputError
+from pretrain import tasks
+from pretrain.models.config import EncoderConfig
+from pretrain.tasks.finetuning import FinetuningTask, load_labels
+from pretrain.training import claim, sharding, steps
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.evaluation import Feed, evaluate
+from pretrain.training.optimizer import make_optimizer
+from pretrain.training.workdir import BEST_DIR, checkpoints_dir, tokenizer_file
+
+
+@dataclasses.dataclass
+class Session:
+    task: FinetuningTask
+    config: ml_collections.ConfigDict
+    step: int
+    eval_step: Any
+    params: Any
+    feed: Feed
+
+
+def checkpoint_dir(workdir: epath.Path, step: int | None) -> epath.Path:
+    """WORKDIR/best when it holds a checkpoint and no step is asked for, else checkpoints/."""
+    best = workdir / BEST_DIR
+    if step is None and best.is_dir() and any(p.name.isdigit() for p in best.iterdir()):
+        return best
+    directory = checkpoints_dir(workdir)
+    if not directory.is_dir():
+        raise MissingInputError(
+            f"{workdir} has no checkpoints: --workdir must be a `pretrain.finetune` workdir."
+        )
+    return directory
+
+
+def _mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    try:
+        data, fsdp, tensor = (int(x) for x in mesh_flag.split(","))
+    except ValueError:
+        raise ConfigError(f"--mesh={mesh_flag!r}: give three integers, data,fsdp,tensor.") from None
+    mesh_config = ml_collections.ConfigDict(dict(config.mesh))
+    mesh_config.data, mesh_config.fsdp, mesh_config.tensor = data, fsdp, tensor
+    return sharding.create_mesh(mesh_config)
+
+
+def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") -> Session:
+    """The fine-tuned model of `workdir` on a mesh, ready for batches (see the docstring)."""
+    root = epath.Path(workdir)
+    kind = claim.read_kind(workdir) or {}
+    if kind.get("kind") not in (None, "finetuning"):
+        raise ConfigError(
+            f"{workdir} is a {kind['kind']} workdir: evaluate and predict take a workdir of "
+            "`pretrain.finetune`."
+        )
+    directory = checkpoint_dir(root, step)
+    checkpointer = Checkpointer(directory)
+    try:
+        available = checkpointer.all_steps()
+        if not available or (step is not None and step not in available):
+            raise ConfigError(
+                f"--step={step} has no complete checkpoint in {directory}: choose one of "
+                f"{available}."
+                if available
+                else f"{directory} holds no complete checkpoint."
+            )
+        step = available[-1] if step is None else step
+        config = ml_collections.ConfigDict(checkpointer.read_config(step))
+        if "task" not in config:
+            raise ConfigError(f"{workdir} is not a fine-tuning workdir (its config has no task).")
+        tokenizer = vocab.load(str(tokenizer_file(root)))
+        model_config = EncoderConfig.from_config(
+            config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
+        )
+        task = tasks.finetuning_task(config.task).for_model(
+            config, model_config, load_labels(root, config.task) or []
+        )
+        task.tokenizer = tokenizer
+        device_mesh = _mesh(mesh, config)
+        rules = tuple(config.mesh.logical_axis_rules)
+        tx, schedule = make_optimizer(
+            config.optimizer, config.num_train_steps, model_config.num_hidden_layers
+        )
+        jitted = steps.build_steps(task, tx, schedule, device_mesh, rules, grad_accum_steps=1,
+                                   seed=config.seed)  # fmt: skip
+        params = checkpointer.restore_params(step, jitted.abstract_state.params)
+    finally:
+        checkpointer.close()
+    data_parallel = sharding.data_parallel_size(device_mesh, rules)
+    batch_size = math.ceil(config.eval_batch_size / data_parallel) * data_parallel
+    config.unlock()
+    config.eval_batch_size = batch_size
+    return Session(
+        task, config, step, jitted.eval_step, params, Feed(device_mesh, rules, batch_size)
+    )
+
+
+def run_evaluation(session: Session, eval_file: str) -> tuple[dict[str, float], dict]:
+    """The task's eval row on a labelled file, and the outputs of the pass."""
+    session.task.load_eval(eval_file, session.config.eval_batch_size)
+    return evaluate(session.eval_step, session.params, session.task, session.feed)
+
+
+def run_prediction(session: Session, input_file: str, output: str) -> int:
+    """Writes one JSON line per input example to `output`; returns how many."""
+    session.task.load_inputs(input_file, session.config.eval_batch_size)
+    _, outputs = evaluate(session.eval_step, session.params, session.task, session.feed,
+                          metrics=False)  # fmt: skip
+    rows = session.task.prediction_rows(outputs)
+    if jax.process_index() == 0:
+        path = epath.Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / (path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        tmp.rename(path)
+    return len(rows)
+
+
+def json_row(row: dict[str, Any]) -> str:
+    """The metrics as one JSON line (numpy scalars as plain numbers)."""
+    return json.dumps({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})
