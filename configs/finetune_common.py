@@ -57,6 +57,16 @@ def get_config(task: str) -> ml_collections.ConfigDict:
     c.optimizer.warmup_fraction = 0.1  # BERT's warmup_proportion.
     c.optimizer.layerwise_lr_decay = 1.0  # Each layer below the top gets this x the lr (1: off).
 
+    # Parameter-efficient fine-tuning (LoRA, Hu et al. 2021; pretrain/models/lora.py).
+    c.peft = ml_collections.ConfigDict()
+    c.peft.method = "none"  # 'none': every weight trains | 'lora': adapters and task head only.
+    c.peft.rank = 8  # r: the adapters' inner dimension.
+    c.peft.alpha = 16.0  # The update is scaled by alpha / r.
+    c.peft.dropout = 0.0  # Dropout on each adapter's input.
+    # Adapted projections: query,key,value,output (attention), mlp_in, mlp_out (ModernBERT also
+    # mlp_gate).
+    c.peft.targets = "query,key,value,output,mlp_in,mlp_out"
+
     # Mesh and logical-axis rules: as pretraining (configs/default.py).
     c.mesh = default.mesh_config()
     return c

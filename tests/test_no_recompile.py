@@ -61,3 +61,36 @@ def test_loop_compiles_train_and_eval_steps_once(
     assert compiles.get("train_step") == 1, compiles
     assert compiles.get("eval_step") == 1, compiles  # Three evaluations, one compilation.
     assert (tmp_path / "checkpoints" / "7").exists()
+
+
+def _train_step_hlo(lr: float, seed: int) -> str:
+    from configs import finetune_classify
+    from pretrain.models.config import EncoderConfig
+    from pretrain.tasks.classification import ClassificationTask
+    from pretrain.training import steps
+    from pretrain.training.optimizer import make_optimizer
+
+    c = finetune_classify.get_config()
+    c.unlock()
+    c.optimizer.learning_rate, c.seed, c.num_train_steps = lr, seed, 10
+    model = EncoderConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    task = ClassificationTask.for_model(c, model, ["a", "b"])
+    tx, schedule = make_optimizer(c.optimizer, c.num_train_steps, 1)
+    mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
+    jitted = steps.build_steps(task, tx, schedule, mesh, tuple(c.mesh.logical_axis_rules),
+                               grad_accum_steps=1, seed=seed)  # fmt: skip
+    return jitted.train_step.lower(jitted.abstract_state, {
+        "input_ids": jax.ShapeDtypeStruct((16, 8), "int32"),
+        "input_mask": jax.ShapeDtypeStruct((16, 8), "int32"),
+        "segment_ids": jax.ShapeDtypeStruct((16, 8), "int32"),
+        "label": jax.ShapeDtypeStruct((16,), "int32"),
+        "example_weight": jax.ShapeDtypeStruct((16,), "float32"),
+    }).as_text()  # fmt: skip
+
+
+def test_learning_rate_and_seed_are_not_constants_of_the_train_step():
+    """A learning-rate sweep compiles once: the peak rate and the dropout key are state."""
+    reference = _train_step_hlo(1e-3, 0)
+    assert _train_step_hlo(5e-5, 0) == reference
+    assert _train_step_hlo(1e-3, 7) == reference

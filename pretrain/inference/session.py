@@ -96,6 +96,7 @@ def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") ->
             config, model_config, load_labels(root, config.task) or []
         )
         task.tokenizer = tokenizer
+        task.pretrained_step = config.get("peft_base", {}).get("step")  # LoRA: its base.
         device_mesh = _mesh(mesh, config)
         rules = tuple(config.mesh.logical_axis_rules)
         tx, schedule = make_optimizer(
@@ -103,7 +104,10 @@ def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") ->
         )
         jitted = steps.build_steps(task, tx, schedule, device_mesh, rules, grad_accum_steps=1,
                                    seed=config.seed)  # fmt: skip
-        params = checkpointer.restore_params(step, jitted.abstract_state.params)
+        params = checkpointer.restore_params(step, jitted.abstract_saveable.params)
+        if jitted.frozen is not None:  # LoRA: the base encoder from the checkpoint it names.
+            fresh = jitted.init(task.initial_params(jitted.abstract_state.params))
+            params = jitted.combine_params(params, fresh.params)
     finally:
         checkpointer.close()
     data_parallel = sharding.data_parallel_size(device_mesh, rules)

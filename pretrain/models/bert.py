@@ -90,8 +90,9 @@ class BertLayer(nnx.Module):
         h = self.dropout(h, deterministic=deterministic, rngs=rngs)
         # Residual sum and LayerNorm in float32, stream back in the compute dtype.
         x = self.attention_norm(x.astype(jnp.float32) + h).astype(self.cfg.dtype)
-        h = layers.activation(self.cfg, self.mlp_in(x))  # [B, S, I]
-        h = self.dropout(self.mlp_out(h), deterministic=deterministic, rngs=rngs)  # [B, S, H]
+        run = dict(deterministic=deterministic, rngs=rngs)
+        h = layers.activation(self.cfg, layers.project(self.mlp_in, x, **run))  # [B, S, I]
+        h = self.dropout(layers.project(self.mlp_out, h, **run), **run)  # [B, S, H]
         return self.mlp_norm(x.astype(jnp.float32) + h).astype(self.cfg.dtype)
 
 

@@ -49,6 +49,18 @@ def zeros(*axes: str | None) -> Callable:
     return param_init(jax.nn.initializers.zeros, *axes)
 
 
+LORA = "lora"  # The attribute a LoRA adapter lives under (pretrain/models/lora.py).
+
+
+def project(module: nnx.Module, x: jax.Array, *, deterministic: bool = True, rngs=None):
+    """`module(x)` for a projection, plus its LoRA adapter's update when one is attached."""
+    y = module(x)
+    adapter = getattr(module, LORA, None)
+    if adapter is None:
+        return y
+    return y + adapter(x, deterministic=deterministic, rngs=rngs).astype(y.dtype)
+
+
 def dense(
     cfg: EncoderConfig,
     in_features: int,
@@ -151,9 +163,10 @@ class SelfAttention(nnx.Module):
         self, x: jax.Array, mask: AttentionMask, *, deterministic: bool, rngs
     ) -> jax.Array:
         """x [B, S, H] -> [B, S, H]."""
-        q, k, v = self.query(x), self.key(x), self.value(x)  # [B, S, N, D] each
+        run = dict(deterministic=deterministic, rngs=rngs)
+        q, k, v = (project(m, x, **run) for m in (self.query, self.key, self.value))  # [B,S,N,D]
         y = attend(self.cfg, q, k, v, mask, self.dropout, deterministic=deterministic, rngs=rngs)
-        return self.output(y)  # [B, S, H]
+        return project(self.output, y, **run)  # [B, S, H]
 
 
 def attend(

@@ -102,14 +102,15 @@ class ModernBertAttention(nnx.Module):
     def __call__(self, x: jax.Array, aux: dict[str, Any], *, deterministic: bool, rngs):
         """x [B, S, H] -> [B, S, H]; `aux` holds the mask parts and both rotary tables."""
         table = aux["rope_global"] if self.is_global else aux["rope_local"]
-        q = apply_rotary(self.query(x), table)  # [B, S, N, D]
-        k = apply_rotary(self.key(x), table)
+        run = dict(deterministic=deterministic, rngs=rngs)
+        q = apply_rotary(layers.project(self.query, x, **run), table)  # [B, S, N, D]
+        k = apply_rotary(layers.project(self.key, x, **run), table)
         window = None if self.is_global else self.cfg.local_attention // 2
         y = layers.attend(
-            self.cfg, q, k, self.value(x), aux["mask"], self.dropout,
+            self.cfg, q, k, layers.project(self.value, x, **run), aux["mask"], self.dropout,
             deterministic=deterministic, rngs=rngs, window=window,
         )  # fmt: skip
-        out = self.output(y)  # [B, S, H]
+        out = layers.project(self.output, y, **run)  # [B, S, H]
         return self.dropout(out, deterministic=deterministic, rngs=rngs)
 
 
@@ -133,8 +134,10 @@ class ModernBertMlp(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: jax.Array, *, deterministic: bool, rngs) -> jax.Array:
-        h = layers.activation(self.cfg, self.wi_input(x)) * self.wi_gate(x)  # [B, S, I]
-        return self.wo(self.dropout(h, deterministic=deterministic, rngs=rngs))  # [B, S, H]
+        run = dict(deterministic=deterministic, rngs=rngs)
+        gate = layers.project(self.wi_gate, x, **run)
+        h = layers.activation(self.cfg, layers.project(self.wi_input, x, **run)) * gate  # [B,S,I]
+        return layers.project(self.wo, self.dropout(h, **run), **run)  # [B, S, H]
 
 
 class ModernBertLayer(nnx.Module):

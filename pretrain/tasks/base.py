@@ -23,7 +23,7 @@ The loop never names a task; a new task is one new module here, its data reader 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import jax
@@ -61,6 +61,9 @@ class Task:
     seq_len: int  # Tokens per example, for tokens/s.
     train_data: TrainData
     eval_data: EvalData | None = None
+    # Parameter paths that do not train (e.g. a LoRA run's encoder): no optimizer state, not in
+    # the task's checkpoints (they come from `initial_params` on every start). None: all train.
+    frozen: Callable[[tuple[str, ...]], bool] | None = None
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:

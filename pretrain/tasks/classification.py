@@ -93,7 +93,8 @@ class ClassificationTask(FinetuningTask):
     def make_model(self, rngs: nnx.Rngs) -> SequenceClassifier:
         num_outputs = len(self.labels) or 1
         dropout = self.config.classifier_dropout
-        return SequenceClassifier(self.model_config, num_outputs, dropout_rate=dropout, rngs=rngs)
+        model = SequenceClassifier(self.model_config, num_outputs, dropout_rate=dropout, rngs=rngs)
+        return self.adapt(model, rngs)
 
     def _outputs(self, model: SequenceClassifier, batch: Batch, rngs) -> jax.Array:
         """[B, C] float32 (C = 1 for regression)."""

@@ -10,17 +10,21 @@ stay on disk). Empty `init_from` trains the same architecture from random weight
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
 from data_pipeline import files, vocab
+from pretrain.models import lora
 from pretrain.models.config import ARCHITECTURE_FIELDS, EncoderConfig
 from pretrain.models.params import named_leaves
 from pretrain.tasks.base import Task
@@ -99,6 +103,32 @@ def restore_pretrained(init_from: str, step: int, abstract: Mapping[str, Any]) -
         checkpointer.close()
 
 
+def _base_checkpoint(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[int, dict]:
+    """(step, saved config) of init_from to start from: its newest, except for a LoRA run that
+    resumes, whose adapters belong to the base step its checkpoints record."""
+    ours = checkpoints_dir(workdir)
+    if config.get("peft", {}).get("method") == "lora" and ours.is_dir():
+        checkpointer = Checkpointer(ours)
+        try:
+            step = checkpointer.latest_step()
+            record = checkpointer.read_config(step) if step is not None else {}
+        finally:
+            checkpointer.close()
+        base = record.get("peft_base", {}).get("step")
+        if base is not None:
+            source = Checkpointer(checkpoints_dir(config.init_from))
+            try:
+                if base not in source.all_steps():
+                    raise CheckpointError(
+                        f"{config.init_from} no longer holds step {base}, the base checkpoint "
+                        f"of the LoRA adapters in {workdir}: restore it or start a new workdir."
+                    )
+                return base, source.read_config(base)
+            finally:
+                source.close()
+    return latest_checkpoint(config.init_from)
+
+
 class FinetuningTask(Task):
     """A task whose encoder starts from `config.init_from` (or random weights)."""
 
@@ -112,10 +142,6 @@ class FinetuningTask(Task):
     ) -> FinetuningTask:
         """The task without data: enough to build its model (export, evaluate, predict)."""
         raise NotImplementedError
-
-    def export_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        """The parameter tree as plain weights (LoRA adapters merged)."""
-        return params
 
     def export_labels(self) -> list[str] | None:
         """Class names by id for `id2label` (None: the head has no named classes)."""
@@ -155,7 +181,7 @@ class FinetuningTask(Task):
         source = config.data.tokenizer_model
         step, saved_config = None, None
         if config.init_from:
-            step, saved_config = latest_checkpoint(config.init_from)
+            step, saved_config = _base_checkpoint(config, workdir)
             source = str(tokenizer_file(config.init_from))
             given = config.data.tokenizer_model
             if given and epath.Path(given).read_bytes() != epath.Path(source).read_bytes():
@@ -178,12 +204,16 @@ class FinetuningTask(Task):
         self.model_config = model_config
         self.pretrained_step = pretrained_step
         self.seq_len = config.data.max_seq_length
+        if self.lora:
+            self.frozen = lora.is_frozen  # Only adapters and the task head train.
 
-    def initial_params(self, abstract_params: nnx.State) -> dict[str, nnx.State] | None:
+    def initial_params(self, abstract_params: nnx.State) -> dict[str, Any] | None:
         if self.pretrained_step is None:
             status("Random init: config.init_from is empty.")
             return None
-        wanted: dict[str, Any] = {"encoder": abstract_params["encoder"]}
+        # LoRA adapters are new: they keep their initializer's values.
+        wanted: dict[str, Any] = {"encoder": abstract_params["encoder"].filter(
+            nnx.Not(nnx.LoRAParam))}  # fmt: skip
         if "head" in abstract_params:
             # ModernBERT task heads start from the MLM head's transform, as in transformers
             # (both are `head.*` there).
@@ -191,16 +221,39 @@ class FinetuningTask(Task):
         restored = restore_pretrained(self.config.init_from, self.pretrained_step, wanted)
         parts = "Encoder and head" if "mlm_head" in restored else "Encoder"
         status(f"{parts} restored from {self.config.init_from}, step {self.pretrained_step}.")
-        out = {"encoder": restored["encoder"]}
+        out = {"encoder": nnx.to_pure_dict(restored["encoder"])}
         if "mlm_head" in restored:
-            out["head"] = restored["mlm_head"]["head"]
+            out["head"] = nnx.to_pure_dict(restored["mlm_head"]["head"])
         return out
 
     def checkpoint_record(self) -> dict[str, Any]:
-        """The config with the architecture actually used filled in."""
+        """The config with the architecture actually used filled in and, for LoRA, the base
+        checkpoint the adapters belong to (its weights are not in this run's checkpoints)."""
         record = self.config.to_dict()
         record["model"].update(self.model_config.architecture())
+        if self.lora:
+            record["peft_base"] = {"init_from": self.config.init_from, "step": self.pretrained_step}
         return record
+
+    @property
+    def lora(self) -> bool:
+        return self.config.get("peft", {}).get("method", "none") == "lora"
+
+    def adapt(self, model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+        """`model` with LoRA adapters on its encoder when `peft.method` is 'lora'."""
+        if self.lora:
+            p = self.config.peft
+            targets = [t.strip() for t in p.targets.split(",") if t.strip()]
+            lora.attach(model.encoder, self.model_config.arch, targets, rank=p.rank,
+                        alpha=p.alpha, dropout=p.dropout, dtype=self.model_config.dtype,
+                        rngs=rngs)  # fmt: skip
+        return model
+
+    def export_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The parameter tree as plain weights (LoRA adapters merged into their kernels)."""
+        if not self.lora:
+            return params
+        return lora.merge(params, self.config.peft.alpha, self.config.peft.rank)
 
 
 def load_labels(workdir: epath.Path, task: str) -> list[str] | None:
@@ -225,25 +278,16 @@ def save_labels(workdir: epath.Path, task: str, labels: list[str]) -> None:
 
 
 def restore_for_export(workdir: str, step: int | None = None):
-    """A fine-tuning workdir's model as plain arrays for `pretrain/hf/exporting.py`: the best
-    checkpoint (WORKDIR/best) when there is one and `step` is None, else `step` or the newest."""
-    from pretrain import tasks
+    """A fine-tuning workdir's model as plain arrays for `pretrain/hf/exporting.py` (LoRA
+    adapters merged): the best checkpoint when `step` is None, else `step`."""
     from pretrain.hf import exporting
-    from pretrain.inference.session import checkpoint_dir
+    from pretrain.inference.session import open_session
 
-    root = epath.Path(workdir)
-    directory = checkpoint_dir(root, step)
-    saved, step = exporting.saved_config(directory, step)
-    config = ml_collections.ConfigDict(saved)
-    tokenizer = vocab.load(str(tokenizer_file(workdir)))
-    model_config = EncoderConfig.from_config(
-        config.model, vocab_size=tokenizer.vocab_size, dtype="float32"
-    )
-    task = tasks.finetuning_task(config.task).for_model(
-        config, model_config, load_labels(root, config.task) or []
-    )
-    params, step = exporting.read_params(directory, step, task.make_model)
+    session = open_session(workdir, step, mesh="1,1,1")
+    task = session.task
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(jax.device_get(session.params)))
+    model_config = dataclasses.replace(task.model_config, dtype=jnp.float32)
     return exporting.Restored(
-        task.export_params(params), model_config, step, tokenizer, task.export_head,
-        task.export_labels(),
+        task.export_params(params), model_config, session.step, task.tokenizer,
+        task.export_head, task.export_labels(),
     )  # fmt: skip

@@ -105,7 +105,9 @@ class QaTask(FinetuningTask):
     def make_model(self, rngs: nnx.Rngs) -> TokenClassifier:
         # As Hugging Face's: BertForQuestionAnswering has no dropout before its output layer.
         dropout = 0.0 if self.model_config.arch == "bert" else self.config.classifier_dropout
-        return TokenClassifier(self.model_config, 2, dropout_rate=dropout, rngs=rngs)
+        return self.adapt(
+            TokenClassifier(self.model_config, 2, dropout_rate=dropout, rngs=rngs), rngs
+        )
 
     def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
         logits = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],

@@ -91,8 +91,9 @@ class TaggingTask(FinetuningTask):
 
     def make_model(self, rngs: nnx.Rngs) -> TokenClassifier:
         dropout = self.config.classifier_dropout
-        return TokenClassifier(self.model_config, len(self.labels), dropout_rate=dropout,
-                               rngs=rngs)  # fmt: skip
+        model = TokenClassifier(self.model_config, len(self.labels), dropout_rate=dropout,
+                                rngs=rngs)  # fmt: skip
+        return self.adapt(model, rngs)
 
     def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
         return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -207,10 +207,13 @@ def _restore_or_init(
     task: Task, jitted: steps.Steps, checkpointer: Checkpointer
 ) -> tuple[steps.TrainState, int]:
     """The newest complete checkpoint's state, else a fresh one (from the task's initial params)."""
-    restored = checkpointer.restore_latest(jitted.abstract_state)
+    restored = checkpointer.restore_latest(jitted.abstract_saveable)
     if restored is not None:
         state, start_step = restored
         status(f"Resumed from {checkpointer.directory} at step {start_step}.")
+        if jitted.frozen is not None:  # The frozen weights come from where they always do.
+            fresh = jitted.init(task.initial_params(jitted.abstract_state.params))
+            state = jitted.combine(state, fresh)
         return state, start_step
     return jitted.init(task.initial_params(jitted.abstract_state.params)), 0
 
@@ -218,8 +221,10 @@ def _restore_or_init(
 class _Best:
     """WORKDIR/best: the checkpoint of the best eval row so far (by the task's best_metric)."""
 
-    def __init__(self, manager: Checkpointer | None, metric: str | None, record: dict[str, Any]):
+    def __init__(self, manager: Checkpointer | None, metric: str | None, record: dict[str, Any],
+                 saveable: Callable[[steps.TrainState], Any]):  # fmt: skip
         self.manager, self.metric, self.record = manager, metric, record
+        self.saveable = saveable
         self.value = -np.inf
         self.step, self.outputs = None, None  # The best evaluation of this session.
         if manager is not None and (step := manager.latest_step()) is not None:
@@ -233,10 +238,10 @@ class _Best:
         guard.check(state)  # Never keep a state past a step that should have stopped the run.
         self.value, self.step, self.outputs = row[self.metric], step, outputs
         best = {"metric": self.metric, "value": self.value}
-        self.manager.save(step, state, {**self.record, "best": best}, force=True)
+        self.manager.save(step, self.saveable(state), {**self.record, "best": best}, force=True)
 
     def final_outputs(
-        self, last: dict | None, jitted: steps.Steps, task: Task, feed: Feed
+        self, last: dict | None, jitted: steps.Steps, task: Task, feed: Feed, params: Any
     ) -> dict | None:
         """The eval outputs of the best checkpoint (re-evaluated if it is from an earlier
         session), or of the last evaluation when no best is kept."""
@@ -245,8 +250,8 @@ class _Best:
         saved = None if self.manager is None else self.manager.latest_step()
         if saved is None:
             return last
-        params = self.manager.restore_params(saved, jitted.abstract_state.params)
-        return evaluate(jitted.eval_step, params, task, feed)[1]
+        restored = self.manager.restore_params(saved, jitted.abstract_saveable.params)
+        return evaluate(jitted.eval_step, jitted.combine_params(restored, params), task, feed)[1]
 
 
 def _run(
@@ -281,7 +286,7 @@ def _run(
         train_step, batches, seconds = steps.compile_ahead(train_step, state, batches)
         status(f"Compiled the train step in {seconds:.1f}s.")
     guard = _FiniteGuard(config.max_bad_steps, checkpointer)
-    keeper = _Best(best, task.best_metric, record)
+    keeper = _Best(best, task.best_metric, record, jitted.saveable)
     meter = _Throughput(config, task, start_step)
     progress.start(start_step)
     eval_row, outputs = {}, None
@@ -308,14 +313,16 @@ def _run(
                 logging.warning("Stop requested: saving step %d and exiting.", step)
             if stop or _due(step, config.checkpoint_every_steps, last):
                 guard.check(state)  # Never save past a step that should have stopped the run.
-                checkpointer.save(step, state, record, force=stop)  # One save per step.
+                # One save per step.
+                checkpointer.save(step, jitted.saveable(state), record, force=stop)
             if stop:
                 return eval_row
             meter.exclude(time.time() - side_work_start)
     finally:
         writer.close()
     if task.eval_data is not None:
-        final = keeper.final_outputs(outputs, jitted, task, eval_feed)  # All processes: collective.
+        # All processes: collective.
+        final = keeper.final_outputs(outputs, jitted, task, eval_feed, state.params)
         if is_main:
             task.on_end(workdir, final)
     return eval_row

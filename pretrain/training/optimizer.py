@@ -75,31 +75,68 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+class LearningRate:
+    """The schedule as two factors: a unit-peak shape over steps and the peak itself.
+
+    The peak is not a constant of the compiled step: it lives in the optimizer state
+    (`optax.inject_hyperparams`), so runs that differ only in learning rate (a GLUE sweep) share
+    one compiled train step. Calling the object gives the rate at a step (host side).
+    """
+
+    def __init__(self, opt_config: ml_collections.ConfigDict, num_train_steps: int):
+        self.peak = float(opt_config.learning_rate)
+        self.absolute = learning_rate_schedule(opt_config, num_train_steps)  # Validates.
+        unit = ml_collections.ConfigDict(opt_config.to_dict())
+        unit.learning_rate = 1.0
+        unit.end_learning_rate = float(opt_config.get("end_learning_rate", 0.0)) / self.peak
+        self.unit = learning_rate_schedule(unit, num_train_steps)
+
+    def __call__(self, step: Any) -> Any:
+        return self.absolute(step)
+
+    def applied(self, opt_state: Any, step: Any) -> jax.Array:
+        """The rate at `step` with the peak read from the optimizer state (traced)."""
+        return self.unit(step) * peak_learning_rate(opt_state)
+
+
+def peak_learning_rate(opt_state: Any) -> jax.Array:
+    """The injected peak rate held in an optimizer state made by `make_optimizer`."""
+    is_injected = lambda x: "peak_learning_rate" in getattr(x, "hyperparams", {})  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=is_injected):
+        if is_injected(node):
+            return node.hyperparams["peak_learning_rate"]
+    raise ValueError("the optimizer state holds no injected peak learning rate.")
+
+
 def make_optimizer(
     opt_config: ml_collections.ConfigDict, num_train_steps: int, num_layers: int = 0
-) -> tuple[optax.GradientTransformation, optax.Schedule]:
+) -> tuple[optax.GradientTransformation, LearningRate]:
     """The optimizer named by `config.optimizer.name`, with clipping, and its schedule.
 
-    With `optimizer.layerwise_lr_decay` below 1 (a fine-tuning key) each of the `num_layers`
-    encoder layers gets its own rate (`scale_by_layerwise_lr_decay`).
+    optax's `adamw` / `lamb` chains spelled out, with the learning rate split into the schedule's
+    unit shape and the injected peak (`LearningRate`): the same updates. With
+    `optimizer.layerwise_lr_decay` below 1 (a fine-tuning key) each of the `num_layers` encoder
+    layers gets its own rate (`scale_by_layerwise_lr_decay`).
     """
-    schedule = learning_rate_schedule(opt_config, num_train_steps)
-    common = dict(
-        learning_rate=schedule,
-        b1=float(opt_config.b1),
-        b2=float(opt_config.b2),
-        eps=float(opt_config.eps),
-        weight_decay=float(opt_config.weight_decay),
-        mask=weight_decay_mask,
-    )
-    if opt_config.name == "adamw":
-        tx = optax.adamw(**common)
-    elif opt_config.name == "lamb":
-        tx = optax.lamb(**common)
-    else:
+    schedule = LearningRate(opt_config, num_train_steps)
+    if opt_config.name not in ("adamw", "lamb"):
         raise ConfigError(
             f"config.optimizer.name must be 'adamw' or 'lamb', got {opt_config.name!r}."
         )
+
+    def build(peak_learning_rate: float) -> optax.GradientTransformation:
+        parts = [
+            optax.scale_by_adam(
+                b1=float(opt_config.b1), b2=float(opt_config.b2), eps=float(opt_config.eps)
+            ),
+            optax.add_decayed_weights(float(opt_config.weight_decay), mask=weight_decay_mask),
+        ]
+        if opt_config.name == "lamb":
+            parts.append(optax.scale_by_trust_ratio())
+        parts += [optax.scale_by_schedule(schedule.unit), optax.scale(-peak_learning_rate)]
+        return optax.chain(*parts)
+
+    tx = optax.inject_hyperparams(build)(peak_learning_rate=schedule.peak)
     if float(opt_config.max_grad_norm) > 0:
         tx = optax.chain(optax.clip_by_global_norm(float(opt_config.max_grad_norm)), tx)
     decay = float(opt_config.get("layerwise_lr_decay", 1.0))

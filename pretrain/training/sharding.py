@@ -147,6 +147,8 @@ def state_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
     def leaf_sharding(path: tuple[Any, ...], leaf: Any, spec: Any) -> Any:
         if not _is_variable(leaf):
             return NamedSharding(mesh, PartitionSpec())
+        if not hasattr(leaf.get_value(), "shape"):
+            return leaf  # optax's MaskedNode (no state for a frozen parameter): no leaves.
         fitted = _one_use_per_mesh_axis(tuple(spec.get_value()))
         fitted = _fit_spec_to_shape(fitted, leaf.get_value().shape, mesh, path_name(path))
         return leaf.replace(NamedSharding(mesh, fitted))

@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pretrain.models.params import path_parts
 from pretrain.tasks.base import Task
 from pretrain.training import sharding
 
@@ -40,27 +41,31 @@ class TrainState:
     opt_state: optax.OptState  # Moments shaped (and sharded) like params.
     bad_steps: jax.Array  # int32 []: steps whose update was dropped for a non-finite value.
     first_bad_step: jax.Array  # int32 []: the first such step, -1 if none.
+    # uint32 [2]: key data of the dropout stream (from the seed). State, not a constant of the
+    # compiled step: runs that differ only in seed share one compilation.
+    dropout_key: jax.Array
 
 
 def init_train_state(
     key: jax.Array,
-    overrides: dict[str, nnx.State] | None,
+    overrides: dict[str, Any] | None,
     *,
     make_model: Callable[[nnx.Rngs], nnx.Module],
     tx: optax.GradientTransformation,
 ) -> TrainState:
-    """A fresh state; `overrides` (restored top-level subtrees, e.g. the encoder) replace the
-    initializer's values. Jitted with out_shardings, each device creates only its own shard, and
-    XLA never computes a replaced initializer."""
+    """A fresh state; `overrides` (a partial pure-dict parameter tree of restored values, e.g.
+    the encoder) replace the initializer's values. Jitted with out_shardings, each device creates
+    only its own shard, and XLA never computes a replaced initializer."""
     params = nnx.state(make_model(nnx.Rngs(params=key)), nnx.Param)
-    for name, subtree in (overrides or {}).items():
-        params[name] = subtree
+    if overrides:
+        nnx.replace_by_pure_dict(params, _merge_into(nnx.to_pure_dict(params), overrides))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
         bad_steps=jnp.zeros((), jnp.int32),
         first_bad_step=jnp.full((), -1, jnp.int32),
+        dropout_key=jax.random.key_data(jax.random.fold_in(key, _DROPOUT_STREAM)),
     )
 
 
@@ -118,14 +123,15 @@ def apply_finite_update(
         first_bad_step=jnp.where(
             finite | (state.first_bad_step >= 0), state.first_bad_step, state.step
         ),
+        dropout_key=state.dropout_key,
     )
     return new_state, grad_norm
 
 
-def applied_learning_rate(state: TrainState, schedule: optax.Schedule) -> jax.Array:
+def applied_learning_rate(state: TrainState, schedule: Any) -> jax.Array:
     """The rate this step's update uses: the optimizer counts applied updates only, so each
     skipped non-finite step holds the schedule back by one."""
-    return schedule(state.step - state.bad_steps)
+    return schedule.applied(state.opt_state, state.step - state.bad_steps)
 
 
 def train_step(
@@ -137,13 +143,10 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int,
-    seed: int,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch, accumulated over `grad_accum_steps` microbatches."""
     weights = task.loss_weights(batch)  # Whole-batch denominators, before any forward pass.
-    step_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM), state.step
-    )
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
     def loss_fn(params, micro, key):
         model = nnx.merge(graphdef, params)
@@ -166,15 +169,77 @@ def eval_step(
     return task.eval_step(nnx.merge(graphdef, params), batch)
 
 
+def freeze(tx: optax.GradientTransformation, frozen: Callable[[tuple[str, ...]], bool]):
+    """`tx` on the parameters whose path is not `frozen`; the others get zero updates and no
+    optimizer state. Their gradients are never read, so XLA drops the weight-gradient matmuls."""
+
+    def labels(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "frozen" if frozen(path_parts(path)) else "train", params
+        )
+
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _split_frozen(params: dict, frozen: Callable, prefix: tuple = ()) -> dict:
+    """The pure-dict tree without its frozen leaves (empty subtrees dropped)."""
+    out = {}
+    for key, value in params.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict):
+            kept = _split_frozen(value, frozen, path)
+            if kept:
+                out[key] = kept
+        elif not frozen(path):
+            out[key] = value
+    return out
+
+
+def _select(tree: dict, like: dict) -> dict:
+    """The part of `tree` with the keys of the partial tree `like`."""
+    return {k: _select(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
+
+
+def _merge_into(base: dict, update: dict) -> dict:
+    return {k: _merge_into(v, update[k]) if isinstance(v, dict) and k in update
+            else update.get(k, v) for k, v in base.items()}  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
-    """The jitted init/train/eval functions of one task on one mesh, and their shardings."""
+    """The jitted init/train/eval functions of one task on one mesh, and their shardings.
+
+    A checkpoint holds `saveable(state)`: the whole state, or for a task with frozen
+    parameters everything but those (`combine` puts a restored one back into a fresh state).
+    """
 
     mesh: Mesh
     abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings.
     init: Callable[..., TrainState]  # (overrides=None) -> TrainState, created already sharded.
     train_step: Any  # (state, batch) -> (state, metrics); the state is donated.
     eval_step: Any  # (params, batch) -> (sums, outputs).
+    frozen: Callable[[tuple[str, ...]], bool] | None = None
+
+    def saveable(self, state: TrainState) -> TrainState:
+        if self.frozen is None:
+            return state
+        params = _split_frozen(nnx.to_pure_dict(state.params), self.frozen)
+        return state.replace(params=params)
+
+    @property
+    def abstract_saveable(self) -> TrainState:
+        return self.saveable(self.abstract_state)
+
+    def combine(self, saved: TrainState, fresh: TrainState) -> TrainState:
+        """A restored `saveable` state completed with `fresh`'s frozen parameters."""
+        return saved.replace(params=self.combine_params(saved.params, fresh.params))
+
+    def combine_params(self, saved: Any, fresh: nnx.State) -> nnx.State:
+        """Restored `saveable` params completed with `fresh`'s frozen ones."""
+        if self.frozen is None:
+            return saved
+        nnx.replace_by_pure_dict(fresh, _merge_into(nnx.to_pure_dict(fresh), saved))
+        return fresh
 
 
 def build_steps(
@@ -188,6 +253,8 @@ def build_steps(
     seed: int,
 ) -> Steps:
     """Jits the step functions above for `task` with in/out shardings from the logical rules."""
+    if task.frozen is not None:
+        tx = freeze(tx, task.frozen)
     init_fn = functools.partial(init_train_state, make_model=task.make_model, tx=tx)
     key = jax.random.key(seed)
     abstract = jax.eval_shape(init_fn, key, None)
@@ -196,8 +263,8 @@ def build_steps(
     batch_sharding = sharding.batch_sharding(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def init(overrides: dict[str, nnx.State] | None = None) -> TrainState:
-        override_shardings = {k: shardings.params[k] for k in overrides or {}}
+    def init(overrides: dict[str, Any] | None = None) -> TrainState:
+        override_shardings = _select(nnx.to_pure_dict(shardings.params), overrides or {})
         # Restored subtrees' buffers become the state's: donated, not copied.
         jitted = jax.jit(
             init_fn,
@@ -214,7 +281,6 @@ def build_steps(
         tx=tx,
         schedule=schedule,
         grad_accum_steps=grad_accum_steps,
-        seed=seed,
     )
     return Steps(
         mesh=mesh,
@@ -233,6 +299,7 @@ def build_steps(
             in_shardings=(shardings.params, batch_sharding),
             out_shardings=replicated,
         ),
+        frozen=task.frozen,
     )
 
 

@@ -190,6 +190,21 @@ def check_finetuning(config: ml_collections.ConfigDict, tasks: Collection[str]) 
         raise ConfigError(
             f"config.classifier_dropout={config.classifier_dropout} must be in [0, 1)."
         )
+    peft = config.get("peft")
+    if peft is not None:
+        if peft.method not in ("none", "lora"):
+            raise ConfigError(f"config.peft.method={peft.method!r}: use 'none' or 'lora'.")
+        if peft.method == "lora":
+            if peft.rank < 1 or peft.alpha < 0 or not 0.0 <= peft.dropout < 1.0:
+                raise ConfigError(
+                    f"config.peft: rank={peft.rank} must be >= 1, alpha={peft.alpha} >= 0 and "
+                    f"dropout={peft.dropout} in [0, 1)."
+                )
+            if not config.init_from:
+                raise ConfigError(
+                    "config.peft.method='lora' freezes the encoder, so it needs config.init_from "
+                    "(a pretrained encoder); use peft.method='none' for random init."
+                )
     if not config.init_from and not config.data.tokenizer_model:
         raise ConfigError(
             "config.init_from is empty (random init), so config.data.tokenizer_model must name a "

@@ -1,0 +1,1 @@
+"""Harnesses that run many fine-tuning jobs from one checkpoint: GLUE."""
