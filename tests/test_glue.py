@@ -10,7 +10,6 @@ import pytest
 
 from configs import glue as glue_config
 from pretrain.harness import glue, glue_tasks
-from tests.test_finetune import pretrained
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

@@ -19,8 +19,6 @@ from pretrain.training.workdir import checkpoints_dir
 from tests.cli_utils import run_module
 from tests.test_finetune import (
     finetune_flags,
-    keyword_task,
-    pretrained,
     read_rows,
 )
 
