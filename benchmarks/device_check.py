@@ -134,8 +134,14 @@ def pretrain_minute(a, report: Report, tokenizer: Path) -> None:
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     start = time.time()
-    proc = subprocess.Popen([sys.executable, *flags], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, *flags],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = workdir / "metrics.jsonl"
     while proc.poll() is None and time.time() - start < seconds:
         time.sleep(0.5)
@@ -166,9 +172,15 @@ def main() -> None:
     a = parser.parse_args()
     a.out = a.out.resolve()
     report = Report(a.out)
-    code, out, err = _run(["-c", "import jax, json; d = jax.devices()[0]; print(json.dumps("
-                           "{'platform': d.platform, 'device_kind': d.device_kind, "
-                           "'devices': jax.device_count(), 'jax': jax.__version__}))"], 300)  # fmt: skip
+    code, out, err = _run(
+        [
+            "-c",
+            "import jax, json; d = jax.devices()[0]; print(json.dumps("
+            "{'platform': d.platform, 'device_kind': d.device_kind, "
+            "'devices': jax.device_count(), 'jax': jax.__version__}))",
+        ],
+        300,
+    )
     device = json.loads(out.strip().splitlines()[-1]) if code == 0 else {"error": err[-300:]}
     report.line(check="device", dry_run=a.dry_run, **device)
     if not a.dry_run and device.get("platform") not in ("gpu", "cuda", "tpu"):

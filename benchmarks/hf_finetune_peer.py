@@ -42,6 +42,53 @@ def macro_f1(predicted: np.ndarray, gold: np.ndarray, num_classes: int) -> float
     return float(np.mean(scores))
 
 
+def train(model, tokenized, labels, args, torch) -> float:
+    """The recipe's loop; returns the seconds it took."""
+    decayed = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    others = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decayed, "weight_decay": 0.01}, {"params": others, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.999), eps=1e-6,
+    )  # fmt: skip
+    warmup = max(int(0.1 * args.steps), 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(s / warmup, max(args.steps - s, 0) / max(args.steps - warmup, 1)),
+    )
+    rng = np.random.default_rng(args.seed)
+    order: list[int] = []
+    model.train()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        if len(order) < args.batch:
+            order += list(rng.permutation(len(labels)))
+        rows, order = order[: args.batch], order[args.batch :]
+        out = model(
+            input_ids=tokenized["input_ids"][rows],
+            attention_mask=tokenized["attention_mask"][rows],
+            labels=labels[rows],
+        )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    return time.perf_counter() - start
+
+
+def predict(model, tokenized, torch) -> np.ndarray:
+    model.eval()
+    predicted = []
+    with torch.no_grad():
+        for i in range(0, len(tokenized["input_ids"]), 128):
+            logits = model(
+                input_ids=tokenized["input_ids"][i : i + 128],
+                attention_mask=tokenized["attention_mask"][i : i + 128],
+            ).logits
+            predicted.append(logits.argmax(-1).numpy())
+    return np.concatenate(predicted)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hf_dir", required=True)
@@ -77,50 +124,9 @@ def main() -> None:
         return tokenizer(texts, truncation=True, max_length=args.seq, padding="max_length",
                          return_tensors="pt")  # fmt: skip
 
-    train_x = encode(train_texts)
-    train_y = torch.tensor([index[label] for label in train_labels])
-    decayed = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    others = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decayed, "weight_decay": 0.01}, {"params": others, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.999), eps=1e-6,
-    )  # fmt: skip
-    warmup = max(int(0.1 * args.steps), 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(s / warmup, max(args.steps - s, 0) / max(args.steps - warmup, 1)),
-    )
-    rng = np.random.default_rng(args.seed)
-    order: list[int] = []
-    model.train()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        if len(order) < args.batch:
-            order += list(rng.permutation(len(train_y)))
-        rows, order = order[: args.batch], order[args.batch :]
-        out = model(
-            input_ids=train_x["input_ids"][rows],
-            attention_mask=train_x["attention_mask"][rows],
-            labels=train_y[rows],
-        )
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-    seconds = time.perf_counter() - start
-
-    model.eval()
-    eval_x = encode(eval_texts)
-    predicted = []
-    with torch.no_grad():
-        for i in range(0, len(eval_texts), 128):
-            logits = model(
-                input_ids=eval_x["input_ids"][i : i + 128],
-                attention_mask=eval_x["attention_mask"][i : i + 128],
-            ).logits
-            predicted.append(logits.argmax(-1).numpy())
-    predicted = np.concatenate(predicted)
+    labels = torch.tensor([index[label] for label in train_labels])
+    seconds = train(model, encode(train_texts), labels, args, torch)
+    predicted = predict(model, encode(eval_texts), torch)
     gold = np.array([index.get(label, -1) for label in eval_labels])
     top_share = collections.Counter(predicted.tolist()).most_common(1)[0][1] / len(predicted)
     print(json.dumps({

@@ -10,6 +10,7 @@ import pytest
 
 from configs import glue as glue_config
 from pretrain.harness import glue, glue_tasks
+from tests.test_finetune import pretrained  # noqa: F401 - a fixture.
 
 tfds = pytest.importorskip("tensorflow_datasets")
 

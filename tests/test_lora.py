@@ -17,8 +17,10 @@ from pretrain.models.config import EncoderConfig
 from pretrain.models.params import named_leaves
 from pretrain.training.workdir import checkpoints_dir
 from tests.cli_utils import run_module
-from tests.test_finetune import (
+from tests.test_finetune import (  # noqa: F401 - keyword_task and pretrained are fixtures.
     finetune_flags,
+    keyword_task,
+    pretrained,
     read_rows,
 )
 
