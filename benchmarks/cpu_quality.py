@@ -116,7 +116,8 @@ def finetune(name: str, flags: list[str], a, task: Path, out: Path, results: dic
     seconds = run([PY, "-m", "pretrain.finetune", "--config=configs/finetune_classify.py",
                    f"--workdir={workdir}", f"--config.data.train_file={task}/train.tsv",
                    f"--config.data.eval_file={task}/eval.tsv", "--config.dtype=float32",
-                   f"--config.num_train_steps={a.ft_steps}", "--config.data.max_seq_length=64",
+                   f"--config.num_train_steps={a.ft_steps}",
+                   f"--config.data.max_seq_length={a.ft_seq}",
                    f"--config.eval_every_steps={a.ft_steps // 4}", *flags],
                   out / f"logs/ft_{name}.txt")  # fmt: skip
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -166,11 +167,11 @@ def report(results: dict) -> str:
 
 
 def random_init_flags(config: str, model: Path) -> list[str]:
-    """The architecture of `config` for a random-init fine-tuning run."""
-    sys.path.insert(0, str(REPO))
-    from configs import mini, modernbert_cpu
+    """The architecture of `config` (a configs/*.py path) for a random-init fine-tuning run."""
+    import importlib
 
-    c = (modernbert_cpu if "modernbert" in config else mini).get_config().model
+    sys.path.insert(0, str(REPO))
+    c = importlib.import_module(f"configs.{Path(config).stem}").get_config().model
     keys = ("arch", "num_hidden_layers", "hidden_size", "num_attention_heads",
             "intermediate_size", "max_position_embeddings", "local_attention",
             "global_attn_every_n_layers")  # fmt: skip
@@ -191,6 +192,12 @@ def main() -> None:
     p.add_argument("--ft_steps", type=int, default=800)
     p.add_argument("--lrs", default="1e-4,5e-4")
     p.add_argument("--skip_bert", action="store_true", help="only the modern recipe")
+    p.add_argument(
+        "--modern_config",
+        default="configs/modernbert_cpu.py",
+        help="the modern recipe's config (CI's short run: configs/modernbert_smoke.py)",
+    )
+    p.add_argument("--ft_seq", type=int, default=64, help="fine-tuning sequence length")
     a = p.parse_args()
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +207,7 @@ def main() -> None:
     corpus, task, model = prepare_data(a, out)
     results.setdefault("unigram_baseline", unigram_baseline(corpus, model))
     flags = data_flags(corpus, model)
-    modern_cfg, bert_cfg = "configs/modernbert_cpu.py", "configs/mini.py"
+    modern_cfg, bert_cfg = a.modern_config, "configs/mini.py"
     modern_flags = [*flags, f"--config.num_train_steps={a.modern_steps}",
                     f"--config.optimizer.warmup_steps={max(a.modern_steps // 10, 1)}",
                     f"--config.eval_every_steps={max(a.modern_steps // 4, 1)}"]  # fmt: skip

@@ -117,7 +117,7 @@ def qa_run(tmp_path_factory):
         f"--config.data.train_file={tmp_path / 'train.json'}",
         f"--config.data.eval_file={tmp_path / 'eval.json'}", "--config.data.version_2=True",
         f"--config.data.tokenizer_model={model}", "--config.data.max_seq_length=32",
-        "--config.data.doc_stride=12", "--config.data.max_query_length=8",
+        "--config.data.doc_stride=12", "--config.data.max_query_length=12",
         "--config.model.num_hidden_layers=2", "--config.model.hidden_size=64",
         "--config.model.num_attention_heads=2", "--config.model.intermediate_size=128",
         "--config.model.max_position_embeddings=32", "--config.dtype=float32",

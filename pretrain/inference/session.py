@@ -61,7 +61,10 @@ def _mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding.Mes
         raise ConfigError(f"--mesh={mesh_flag!r}: give three integers, data,fsdp,tensor.") from None
     mesh_config = ml_collections.ConfigDict(dict(config.mesh))
     mesh_config.data, mesh_config.fsdp, mesh_config.tensor = data, fsdp, tensor
-    return sharding.create_mesh(mesh_config)
+    devices = jax.devices()
+    if -1 not in (data, fsdp, tensor) and data * fsdp * tensor < len(devices):
+        devices = devices[: data * fsdp * tensor]  # e.g. export's 1,1,1 on a many-device host.
+    return sharding.create_mesh(mesh_config, devices)
 
 
 def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") -> Session:
