@@ -30,7 +30,7 @@ def test_wordpiece_spans_equal_hugging_face_fast_offsets(vocab_path, lower_case)
 
 def test_sentencepiece_spans_cover_each_piece_without_its_space(pipeline_tokenizer):
     tokenizer = unigram.SentencePieceTokenizer(pipeline_tokenizer.model_path)
-    text = "  The  cat sat, on the mat!\tHello  world 42."
+    text = "  The  café sat, on the mat!\tHello  wörld 42 — naïve."  # Multi-byte too.
     ids, spans = tokenizer.encode_with_offsets(text)
     assert ids == tokenizer.encode(text)
     # A bare word-start piece ('▁' before a piece it cannot join) covers only its space: empty.

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
-from sentencepiece import sentencepiece_model_pb2
+from sentencepiece import sentencepiece_model_pb2, sentencepiece_pb2
 
 from data_pipeline import documents, files
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
@@ -179,6 +179,15 @@ def _training_error(message: str, vocab_size: int) -> DataError:
     return DataError(f"sentencepiece training failed: {message}")
 
 
+def _char_index_of_bytes(text: str) -> list[int]:
+    """For each UTF-8 byte offset of `text` (and its end), the character offset it falls in."""
+    char_at = []
+    for i, ch in enumerate(text):
+        char_at.extend([i] * len(ch.encode("utf-8")))
+    char_at.append(len(text))
+    return char_at
+
+
 class SentencePieceTokenizer:
     """A sentencepiece model with BERT's special tokens at fixed ids (see the module docstring)."""
 
@@ -229,9 +238,15 @@ class SentencePieceTokenizer:
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """`encode(text)` and, per id, the (start, end) characters of `text` it covers, without
         the whitespace a word-start piece stands for."""
+        # The serialized proto is the one form every sentencepiece release returns alike
+        # (0.2.2 dropped "immutable_proto"); its offsets count UTF-8 bytes, not characters.
+        proto = sentencepiece_pb2.SentencePieceText.FromString(
+            self._sp.EncodeAsSerializedProto(text)
+        )
+        char_at = _char_index_of_bytes(text)
         ids, spans = [], []
-        for piece in self._sp.encode(text, out_type="immutable_proto").pieces:
-            start, end = piece.begin, piece.end
+        for piece in proto.pieces:
+            start, end = char_at[piece.begin], char_at[piece.end]
             while start < end and text[start].isspace():
                 start += 1
             ids.append(piece.id)
