@@ -15,8 +15,8 @@ docs/quality.md, end to end, through the project's own command lines.
 4. `OUTPUT_DIR/results.json` and `results.md`: eval MLM accuracy (15% masking) against the
    unigram baseline (always the most frequent token), wall times, every fine-tuning row.
 
-Every stage is skipped when its result exists, so a rerun resumes. `--quick` is the CI-sized
-version (tests/test_quality.py). Commands and their logs are under OUTPUT_DIR/logs.
+Every stage is skipped when its result exists, so a rerun resumes. tests/test_quality.py runs
+the CI-sized version (its flags: smaller corpus, task and runs). Commands and logs: OUTPUT_DIR/logs.
 """
 
 from __future__ import annotations
