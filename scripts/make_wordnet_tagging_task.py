@@ -3,11 +3,12 @@
 Every gloss (a synset's definition and its quoted examples, all parts of speech) becomes one
 sentence, split into words and punctuation. Words and word sequences (up to 3 words, greedy
 longest match, a plural 's' allowed) that are WordNet nouns whose most frequent sense belongs to
-a chosen category (and that are not also verbs, adjectives or adverbs) are tagged as entities of that type in IOB2: PERSON (noun.person), LOCATION
-(noun.location), TIME (noun.time), ANIMAL (noun.animal), PLANT (noun.plant), FOOD (noun.food);
-every other word is O. Knowing which words name people, places, animals or food is lexical
-knowledge a model can bring from pretraining on dictionary text (GCIDE, with WordNet's own
-paragraphs removed: scripts/make_reference_corpus.py) to words it never saw tagged.
+a chosen category (and that are not also verbs, adjectives or adverbs) are tagged as entities of
+that type in IOB2: PERSON (noun.person), LOCATION (noun.location), TIME (noun.time), ANIMAL
+(noun.animal), PLANT (noun.plant), FOOD (noun.food); every other word is O. Knowing which
+words name people, places, animals or food is lexical knowledge a model can bring from
+pretraining on dictionary text (GCIDE, with WordNet's own paragraphs removed:
+scripts/make_reference_corpus.py) to words it never saw tagged.
 
     tmp=$(mktemp -d) && (cd "$tmp" && apt-get download wordnet-base && dpkg -x wordnet-base_*.deb x)
     python scripts/make_wordnet_tagging_task.py --wordnet_dir="$tmp/x/usr/share/wordnet" \
@@ -107,8 +108,11 @@ def main() -> None:
     texts = glosses(args.wordnet_dir)
     random.Random(args.seed).shuffle(texts)
     os.makedirs(args.output_dir, exist_ok=True)
-    splits = {"eval": texts[: args.eval_sentences],
-              "train": texts[args.eval_sentences : args.eval_sentences + args.train_sentences]}  # fmt: skip
+    first_train = args.eval_sentences
+    splits = {
+        "eval": texts[:first_train],
+        "train": texts[first_train : first_train + args.train_sentences],
+    }
     for name, part in splits.items():
         counts: collections.Counter = collections.Counter()
         lines = []
