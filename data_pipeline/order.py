@@ -10,6 +10,8 @@ step-indexed loader (pretraining, fine-tuning) orders its examples here: one rul
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 # Random-stream tags. numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the
@@ -70,3 +72,42 @@ def check_rows(rows: np.ndarray | None, batch_size: int) -> np.ndarray:
     if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= batch_size)):
         raise ValueError(f"rows must be a 1-D array of indices in [0, {batch_size})")
     return rows
+
+
+class ShuffledBatches:
+    """`batch(step, rows)` of a fine-tuning task's train set, in `EpochOrder`. A mixin: the task's
+    batcher provides `batch_size`, `num_examples` and `_features(examples, valid)`."""
+
+    batch_size: int
+    num_examples: int
+    _features: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+    def init_order(self, seed: int) -> None:
+        self.order = EpochOrder(self.num_examples, seed=seed, global_batch_size=self.batch_size)
+
+    def batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Rows `rows` (global row indices; default all) of global batch `step`."""
+        rows = check_rows(rows, self.batch_size)
+        examples, _ = self.order.examples(step, rows)
+        return self._features(examples, np.ones(len(rows), bool))
+
+
+class PaddedEvalBatches:
+    """`batch(i, rows)` of a task's eval set in order; the last batch is padded with rows of
+    weight 0 (`valid` False). A mixin, as `ShuffledBatches`."""
+
+    batch_size: int
+    num_examples: int
+    _features: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.num_examples // self.batch_size)
+
+    def batch(self, i: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
+        if not 0 <= i < self.num_batches:
+            raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
+        examples = i * self.batch_size + check_rows(rows, self.batch_size)
+        valid = examples < self.num_examples
+        return self._features(np.where(valid, examples, 0), valid)

@@ -21,7 +21,6 @@ rows of weight 0.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 
@@ -29,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-from data_pipeline.order import EpochOrder, check_rows
+from data_pipeline.order import PaddedEvalBatches, ShuffledBatches
 from data_pipeline.tasks.examples import (
     RawExamples,
     check_label_column,
@@ -213,34 +212,16 @@ class _Batcher:
         return batch
 
 
-class TrainBatches(_Batcher):
+class TrainBatches(ShuffledBatches, _Batcher):
     """Global train batch `step` (or this process's rows of it), reshuffled every epoch."""
 
     def __init__(self, data: TokenizedExamples, *, seed: int, **kwargs):
         super().__init__(data, **kwargs)
-        self.order = EpochOrder(len(data), seed=seed, global_batch_size=self.batch_size)
-
-    def batch(self, step: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
-        """Rows `rows` (global row indices; default all) of global batch `step`."""
-        rows = check_rows(rows, self.batch_size)
-        examples, _ = self.order.examples(step, rows)
-        return self._features(examples, np.ones(len(rows), bool))
+        self.init_order(seed)
 
 
-class EvalBatches(_Batcher):
+class EvalBatches(PaddedEvalBatches, _Batcher):
     """The eval set in order; the last batch is padded with zero rows of weight 0."""
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def batch(self, i: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
-        """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
-        if not 0 <= i < self.num_batches:
-            raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
-        examples = i * self.batch_size + check_rows(rows, self.batch_size)
-        valid = examples < self.num_examples
-        return self._features(np.where(valid, examples, 0), valid)
 
 
 @dataclasses.dataclass(frozen=True)

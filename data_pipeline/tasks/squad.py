@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 import numpy as np
-import numpy.typing as npt
 
 from data_pipeline import tfds_source
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-from data_pipeline.order import EpochOrder, check_rows
+from data_pipeline.order import PaddedEvalBatches, ShuffledBatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,32 +216,16 @@ class _Batcher:
         }
 
 
-class TrainBatches(_Batcher):
+class TrainBatches(ShuffledBatches, _Batcher):
     """Global train batch `step` (or some of its rows), windows reshuffled every epoch."""
 
     def __init__(self, windows: Windows, *, seed: int, batch_size: int):
         super().__init__(windows, batch_size=batch_size)
-        self.order = EpochOrder(len(windows), seed=seed, global_batch_size=batch_size)
-
-    def batch(self, step: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
-        rows = check_rows(rows, self.batch_size)
-        examples, _ = self.order.examples(step, rows)
-        return self._features(examples, np.ones(len(rows), bool))
+        self.init_order(seed)
 
 
-class EvalBatches(_Batcher):
+class EvalBatches(PaddedEvalBatches, _Batcher):
     """Every window in order; the last batch is padded with zero rows of weight 0."""
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def batch(self, i: int, rows: npt.ArrayLike | None = None) -> dict[str, np.ndarray]:
-        if not 0 <= i < self.num_batches:
-            raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
-        examples = i * self.batch_size + check_rows(rows, self.batch_size)
-        valid = examples < self.num_examples
-        return self._features(np.where(valid, examples, 0), valid)
 
 
 def check_config(data_config) -> None:
