@@ -42,9 +42,8 @@ def _benchmark() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
-    logging.set_verbosity(logging.WARNING)  # Keep stdout for the result line.
+    command.start(argv, takes_config=True)
+    logging.set_verbosity(logging.WARNING)  # Keep stdout for the result line, even at -v.
     command.initialize_distributed()
     command.run_user_errors_as_one_line(_benchmark)
 

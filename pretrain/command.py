@@ -33,6 +33,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def start(argv: list[str], *, takes_config: bool = False) -> None:
+    """What every command does first: refuse stray positional arguments, and keep library INFO
+    logs (orbax, absl), which drown the progress line, off unless --verbosity was given."""
+    if len(argv) > 1:
+        hint = "; pass settings as --config.KEY=VALUE" if takes_config else ""
+        fail(f"unexpected arguments {argv[1:]}{hint}.")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or `--config.KEY` override is one line, not a traceback.
 

@@ -11,7 +11,7 @@ precision / recall / F1 / support) and, for classification, `confusion_matrix.pn
 
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
 
 from pretrain import command
@@ -39,10 +39,7 @@ def _evaluate() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.start(argv)
     command.initialize_distributed()
     command.run_user_errors_as_one_line(_evaluate)
 

@@ -9,7 +9,7 @@ A pretraining workdir gives `BertForPreTraining` (BERT, NSP recipe), `BertForMas
 (safetensors, tokenizers); see pretrain/hf/exporting.py for the layout.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pretrain import command
 from pretrain.hf import exporting
@@ -29,10 +29,7 @@ def _export() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the summary.
+    command.start(argv)
     command.run_user_errors_as_one_line(_export)
 
 

@@ -9,7 +9,7 @@
 Resumes from the newest complete checkpoint in DIR/checkpoints; on SIGTERM saves and exits 0.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pretrain import command, tasks
@@ -25,11 +25,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
-    # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.start(argv, takes_config=True)
     command.check_config_kind(_CONFIG.value, "pretrain.finetune")
     command.initialize_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value

@@ -10,7 +10,7 @@ the average) and DIR/glue.md (the leaderboard layout and every run); rerun the s
 resume. The recipe is in configs/glue.py; pretrain/harness/glue.py has the details.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pretrain import command
@@ -25,10 +25,7 @@ flags.mark_flags_as_required(["init_from", "workdir"])
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.start(argv)
     command.initialize_distributed()
     command.run_user_errors_as_one_line(
         lambda: glue.run_glue(

@@ -9,7 +9,7 @@ pretraining (`python -m pretrain.train --config=NEW_DIR/pretrain_config.py --wor
 See pretrain/hf/importing.py for what is written.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pretrain import command
 from pretrain.hf import importing
@@ -35,10 +35,7 @@ def _import() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the summary.
+    command.start(argv)
     command.run_user_errors_as_one_line(_import)
 
 

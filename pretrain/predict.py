@@ -10,7 +10,7 @@ object per example, in input order: `label` and `probability` (regression: `scor
 eval step of fine-tuning, on any mesh (--mesh).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from pretrain import command
 from pretrain.inference import session as session_lib
@@ -30,10 +30,7 @@ def _predict() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}.")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.start(argv)
     command.initialize_distributed()
     command.run_user_errors_as_one_line(_predict)
 

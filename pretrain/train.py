@@ -7,7 +7,7 @@
 Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM saves and exits 0.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from pretrain import command
@@ -23,11 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv: list[str], task_cls: type[PretrainingTask] = PretrainingTask) -> None:
     """The command; `task_cls` lets a test run the same command with a subclass of the task."""
-    if len(argv) > 1:
-        command.fail(f"unexpected arguments {argv[1:]}; pass settings as --config.KEY=VALUE.")
-    # Library INFO logs (orbax, absl) drown the progress line; --verbosity=0 brings them back.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    command.start(argv, takes_config=True)
     command.check_config_kind(_CONFIG.value, "pretrain.train")
     command.initialize_distributed()
     command.run_user_errors_as_one_line(lambda: loop.train(_CONFIG.value, _WORKDIR.value, task_cls))
