@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -31,6 +32,7 @@ from data_pipeline import files, vocab
 from data_pipeline.errors import ConfigError, MissingInputError
 from pretrain.hf import convert as hf_convert
 from pretrain.hf import tokenizer_files as hf_tokenizer
+from pretrain.inference.session import open_session
 from pretrain.models.config import EncoderConfig
 from pretrain.models.heads import PreTrainingModel
 from pretrain.training import claim
@@ -131,13 +133,24 @@ def restore_pretraining(workdir: str, step: int | None = None) -> Restored:
     return Restored(params, config, step, tokenizer, head)
 
 
+def restore_finetuning(workdir: str, step: int | None = None) -> Restored:
+    """A fine-tuning workdir's model (LoRA adapters merged): the best checkpoint when `step` is
+    None, else `step`."""
+    session = open_session(workdir, step, mesh="1,1,1")
+    task = session.task
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(jax.device_get(session.params)))
+    model_config = dataclasses.replace(task.model_config, dtype=jnp.float32)
+    return Restored(
+        task.export_params(params), model_config, session.step, task.tokenizer,
+        task.export_head, task.export_labels(),
+    )  # fmt: skip
+
+
 def restore(workdir: str, step: int | None = None) -> Restored:
     """Any workdir's checkpoint: pretraining, or fine-tuning (its task's model)."""
     kind = claim.read_kind(workdir) or {"kind": "pretraining"}
     if kind["kind"] == "finetuning":
-        from pretrain.tasks import finetuning  # The tasks import this package's converters.
-
-        return finetuning.restore_for_export(workdir, step)
+        return restore_finetuning(workdir, step)
     return restore_pretraining(workdir, step)
 
 

@@ -13,15 +13,17 @@ sharded or not; its tokenizer: WordPiece, or this project's sentencepiece) becom
             --config.data.train_files=GLOB
 
 BERT imports as MLM + NSP pretraining (configs/default.py), ModernBERT as packed MLM
-(configs/modernbert_base.py). Parts a checkpoint lacks (a `BertForMaskedLM` has no pooler and no
-NSP head, a bare encoder no heads) start from our initializer, as in a fresh run, and are listed
-in the import summary. ModernBERT's own BPE tokenizer is not among the tokenizers read here.
+(configs/modernbert_base.py); these recipe files are read by path (`RECIPE_FILES`), since
+configs/ sits above this package. Parts a checkpoint lacks (a `BertForMaskedLM` has no pooler
+and no NSP head, a bare encoder no heads) start from our initializer, as in a fresh run, and are
+listed in the import summary. ModernBERT's own BPE tokenizer is not among the tokenizers read here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -34,8 +36,6 @@ import optax
 from etils import epath
 from flax import nnx
 
-from configs import default as default_config
-from configs import modernbert_base
 from data_pipeline import files
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
 from pretrain.hf import convert as hf_convert
@@ -125,12 +125,29 @@ def _load_bin(path: str) -> dict[str, np.ndarray]:
     }
 
 
-def pretraining_config(hf_config: Mapping[str, Any], tokenizer: Any) -> ml_collections.ConfigDict:
-    """The recipe config of the arch with `model.*` from an HF config, `data.*` from its
-    tokenizer."""
+# The recipe whose defaults an imported workdir takes, by architecture; relative paths are
+# resolved against the project root (the folder holding configs/ and pretrain/).
+RECIPE_FILES = {"bert": "configs/default.py", "modernbert": "configs/modernbert_base.py"}
+_PROJECT_ROOT = epath.Path(__file__).resolve().parents[2]
+
+
+def load_recipe(path: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file at `path` (as `--config=PATH` would load it)."""
+    file = epath.Path(path) if os.path.isabs(path) else _PROJECT_ROOT / path
+    if not file.is_file():
+        raise MissingInputError(f"recipe config {file} not found: name an existing config file.")
+    spec = importlib.util.spec_from_file_location(f"recipe_{file.stem}", str(file))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def pretraining_config(
+    hf_config: Mapping[str, Any], tokenizer: Any, recipe: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """`recipe` (a copy) with `model.*` from an HF config, `data.*` from its tokenizer."""
     fields = hf_convert.config_from_hf(hf_config)
-    base = modernbert_base if fields["arch"] == "modernbert" else default_config
-    config = base.get_config()
+    config = ml_collections.ConfigDict(recipe.to_dict())
     for key, value in fields.items():
         if key in config.model:
             config.model[key] = value
@@ -185,11 +202,11 @@ def _state_with_params(
     return state.replace(opt_state=tx.init(state.params))
 
 
-def _config_file_text(config: ml_collections.ConfigDict, hf_dir: str, workdir: str) -> str:
+def _config_file_text(
+    config: ml_collections.ConfigDict, base: ml_collections.ConfigDict, base_name: str,
+    hf_dir: str, workdir: str,
+) -> str:  # fmt: skip
     """A config file (like configs/*.py) that reproduces `config`: its base plus changes."""
-    modern = config.model.arch == "modernbert"
-    base_name = "modernbert_base" if modern else "default"
-    base = (modernbert_base if modern else default_config).get_config()
     changes = [
         f"    c.{group}.{key} = {config[group][key]!r}"
         for group in ("model", "data")
@@ -218,8 +235,11 @@ def _config_file_text(config: ml_collections.ConfigDict, hf_dir: str, workdir: s
     ])  # fmt: skip
 
 
-def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
-    """Turns the HF folder `hf_dir` into the pretraining workdir `workdir` (new or empty)."""
+def import_hf_dir(
+    hf_dir: str, workdir: str, recipe_files: Mapping[str, str] | None = None
+) -> Imported:
+    """Turns the HF folder `hf_dir` into the pretraining workdir `workdir` (new or empty), with
+    the defaults of the recipe config of its architecture (`RECIPE_FILES` unless given)."""
     config_path = os.path.join(hf_dir, HF_CONFIG)
     if not os.path.isfile(config_path):
         raise MissingInputError(
@@ -230,11 +250,13 @@ def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
     with open(config_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     model_kwargs = hf_convert.config_from_hf(hf_config)  # Validates before any work.
+    recipe_file = {**RECIPE_FILES, **(recipe_files or {})}[model_kwargs["arch"]]
+    recipe = load_recipe(recipe_file)
     state_dict = load_hf_state_dict(hf_dir)
 
     os.makedirs(workdir, exist_ok=True)
     tokenizer = hf_tokenizer.import_tokenizer(hf_dir, workdir, model_kwargs["vocab_size"])
-    config = pretraining_config(hf_config, tokenizer)
+    config = pretraining_config(hf_config, tokenizer, recipe)
     model_config = EncoderConfig.from_config(
         config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
     )
@@ -255,7 +277,8 @@ def import_hf_dir(hf_dir: str, workdir: str) -> Imported:
     checkpointer.close()
     files.write_text(os.path.join(workdir, claim.CONFIG_FILE), config.to_json_best_effort(indent=2))
     config_file = os.path.join(workdir, CONFIG_FILE)
-    files.write_text(config_file, _config_file_text(config, hf_dir, workdir))
+    text = _config_file_text(config, recipe, epath.Path(recipe_file).stem, hf_dir, workdir)
+    files.write_text(config_file, text)
     claim.record_kind(epath.Path(workdir), claim.describe("pretraining", config))
     return Imported(
         num_params=count_params(state.params),

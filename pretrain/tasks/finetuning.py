@@ -10,15 +10,12 @@ stay on disk). Empty `init_from` trains the same architecture from random weight
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
@@ -169,9 +166,7 @@ class FinetuningTask(Task):
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
-        from pretrain.tasks import FINETUNING_TASKS  # The registry imports the task modules.
-
-        validation.check_finetuning(config, FINETUNING_TASKS)
+        validation.check_finetuning(config, cls.tasks)
 
     @staticmethod
     def prepare(
@@ -275,19 +270,3 @@ def save_labels(workdir: epath.Path, task: str, labels: list[str]) -> None:
         files.write_text(
             workdir / LABELS_FILE, json.dumps({"task": task, "labels": labels}, indent=2) + "\n"
         )
-
-
-def restore_for_export(workdir: str, step: int | None = None):
-    """A fine-tuning workdir's model as plain arrays for `pretrain/hf/exporting.py` (LoRA
-    adapters merged): the best checkpoint when `step` is None, else `step`."""
-    from pretrain.hf import exporting
-    from pretrain.inference.session import open_session
-
-    session = open_session(workdir, step, mesh="1,1,1")
-    task = session.task
-    params = jax.tree.map(np.asarray, nnx.to_pure_dict(jax.device_get(session.params)))
-    model_config = dataclasses.replace(task.model_config, dtype=jnp.float32)
-    return exporting.Restored(
-        task.export_params(params), model_config, session.step, task.tokenizer,
-        task.export_head, task.export_labels(),
-    )  # fmt: skip
