@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import math
 import os
-from collections.abc import Sequence
 
 import numpy as np
 
 from data_pipeline import masking, records, shards
 from data_pipeline.errors import ConfigError, DataError
-from data_pipeline.order import MASKS, EpochOrder, check_rows
+from data_pipeline.order import MASKS, Batcher, PaddedEvalBatches, ShuffledBatches
 
 EVAL_SEED = 1234  # The eval set and its masks do not depend on the run's seed.
 EVAL_MASKED_LM_PROB = 0.15  # BERT's rate: eval numbers of every recipe compare.
@@ -56,7 +54,7 @@ def check_masking_args(
         raise ConfigError(f"masked_lm_prob={masked_lm_prob} must be a probability in [0, 1]")
 
 
-class _Batcher:
+class _Batcher(Batcher):
     """Masks records of a built directory into preallocated, zero-padded batch arrays."""
 
     def __init__(
@@ -72,8 +70,7 @@ class _Batcher:
         whole_word_masking: bool,
     ):
         check_masking_args(max_seq_length, max_predictions_per_seq, masked_lm_prob)
-        if batch_size < 1:
-            raise ValueError(f"batch size {batch_size} must be positive")
+        super().__init__(len(data), batch_size, what="records")
         built = int(data.params["max_seq_length"])
         fits = built == max_seq_length if data.objective == "packed" else built <= max_seq_length
         if not fits:
@@ -82,15 +79,10 @@ class _Batcher:
                 f"data.max_seq_length={max_seq_length}: rebuild it, or set that length"
             )
         self.data, self.vocab, self.seed = data, vocab, seed
-        self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.max_predictions_per_seq = max_predictions_per_seq
         self.masked_lm_prob = masked_lm_prob
         self.is_word_start = vocab.is_word_start if whole_word_masking else None
-
-    @property
-    def num_examples(self) -> int:
-        return len(self.data)
 
     def _features(
         self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray
@@ -154,45 +146,21 @@ class _Batcher:
         batch["masked_lm_weights"][r, :k] = 1.0
 
 
-class PretrainingLoader(_Batcher):
+class PretrainingLoader(ShuffledBatches, _Batcher):
     """Global train batch `step` (or some of its rows), reshuffled every epoch."""
 
     def __init__(self, data: records.BuiltData, vocab: masking.MaskingVocab, *, seed: int,
                  global_batch_size: int, **kwargs):  # fmt: skip
         super().__init__(data, vocab, seed=seed, batch_size=global_batch_size, **kwargs)
-        self.global_batch_size = global_batch_size
-        self.order = EpochOrder(len(data), seed=seed, global_batch_size=global_batch_size)
-
-    def batch(
-        self, step: int, rows: np.ndarray | Sequence[int] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Rows `rows` (global row indices; default all) of global batch `step`."""
-        rows = check_rows(rows, self.batch_size)
-        examples, epochs = self.order.examples(step, rows)
-        return self._features(examples, epochs, np.ones(len(rows), bool))
+        self.init_order(seed)
 
 
-class EvalLoader(_Batcher):
+class EvalLoader(PaddedEvalBatches, _Batcher):
     """A fixed eval set read in order; the last batch is padded with zero-weight rows."""
 
     def __init__(self, data: records.BuiltData, vocab: masking.MaskingVocab, **kwargs):
         kwargs.setdefault("seed", EVAL_SEED)
         super().__init__(data, vocab, **kwargs)
-
-    @property
-    def num_batches(self) -> int:
-        return math.ceil(self.num_examples / self.batch_size)
-
-    def batch(
-        self, i: int, rows: np.ndarray | Sequence[int] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
-        if not 0 <= i < self.num_batches:
-            raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches})")
-        rows = check_rows(rows, self.batch_size)
-        examples = i * self.batch_size + rows
-        valid = examples < self.num_examples
-        return self._features(np.where(valid, examples, 0), np.zeros_like(examples), valid)
 
 
 def recipe(data_config, seed: int) -> shards.Recipe:

@@ -96,62 +96,6 @@ def pack_pair(
     return input_ids, len(tokens_a) + 2
 
 
-def mask_instance(
-    tokens_a: np.ndarray,
-    tokens_b: np.ndarray,
-    is_random_next: bool,
-    *,
-    rng: np.random.Generator,
-    max_seq_length: int,
-    max_predictions_per_seq: int,
-    masked_lm_prob: float,
-    vocab_size: int,
-    cls_id: int,
-    sep_id: int,
-    mask_id: int,
-    special_ids: Collection[int],
-    is_word_start: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """The padded features of one example, as in the Batch table of docs/architecture.md.
-
-    Returns input_ids, input_mask, segment_ids int32 [S]; masked_lm_positions, masked_lm_ids
-    int32 [P]; masked_lm_weights float32 [P]; next_sentence_labels int32 []; and
-    next_sentence_weights float32 [] (S = max_seq_length, P = max_predictions_per_seq).
-    """
-    input_ids, len_first = pack_pair(tokens_a, tokens_b, cls_id=cls_id, sep_id=sep_id)
-    n = len(input_ids)
-    if n > max_seq_length:
-        raise ValueError(f"instance of {n} tokens exceeds max_seq_length={max_seq_length}")
-    masked, positions, original = mask_sequence(
-        input_ids,
-        rng=rng,
-        max_predictions_per_seq=max_predictions_per_seq,
-        masked_lm_prob=masked_lm_prob,
-        vocab_size=vocab_size,
-        mask_id=mask_id,
-        special_ids=special_ids,
-        is_word_start=is_word_start,
-    )
-    k = len(positions)
-    features = {
-        "input_ids": np.zeros(max_seq_length, np.int32),
-        "input_mask": np.zeros(max_seq_length, np.int32),
-        "segment_ids": np.zeros(max_seq_length, np.int32),
-        "masked_lm_positions": np.zeros(max_predictions_per_seq, np.int32),
-        "masked_lm_ids": np.zeros(max_predictions_per_seq, np.int32),
-        "masked_lm_weights": np.zeros(max_predictions_per_seq, np.float32),
-        "next_sentence_labels": np.int32(is_random_next),
-        "next_sentence_weights": np.float32(1.0),
-    }
-    features["input_ids"][:n] = masked
-    features["input_mask"][:n] = 1
-    features["segment_ids"][len_first:n] = 1
-    features["masked_lm_positions"][:k] = positions
-    features["masked_lm_ids"][:k] = original
-    features["masked_lm_weights"][:k] = 1.0
-    return features
-
-
 @dataclasses.dataclass(frozen=True)
 class MaskingVocab:
     """What masking needs to know about the tokenizer."""

@@ -10,9 +10,11 @@ step-indexed loader (pretraining, fine-tuning) orders its examples here: one rul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
+
+from data_pipeline.errors import DataError
 
 # Random-stream tags. numpy pads seed sequences with zeros ([s] == [s, 0]), so without a tag the
 # streams of different uses of the same seed (permutations, masks, building) would collide.
@@ -64,7 +66,7 @@ class EpochOrder:
         return examples, epochs
 
 
-def check_rows(rows: np.ndarray | None, batch_size: int) -> np.ndarray:
+def check_rows(rows: np.ndarray | Sequence[int] | None, batch_size: int) -> np.ndarray:
     """`rows` as int64 indices into a batch of `batch_size` (None: all of them)."""
     if rows is None:
         return np.arange(batch_size)
@@ -74,40 +76,57 @@ def check_rows(rows: np.ndarray | None, batch_size: int) -> np.ndarray:
     return rows
 
 
-class ShuffledBatches:
-    """`batch(step, rows)` of a fine-tuning task's train set, in `EpochOrder`. A mixin: the task's
-    batcher provides `batch_size`, `num_examples` and `_features(examples, valid)`."""
+class Batcher:
+    """The base of every batcher (pretraining and each task): examples by index into feature
+    arrays. A subclass calls `__init__` with its number of examples and defines
+    `_features(examples, epochs, valid)`: the batch of example indices `examples` (int64 [B]),
+    masked for `epochs` where its masks depend on the epoch; rows where not `valid` are zero
+    padding of weight 0. `ShuffledBatches` and `PaddedEvalBatches` add the step -> examples rule.
+    """
 
-    batch_size: int
-    num_examples: int
-    _features: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
+    def __init__(self, num_examples: int, batch_size: int, *, what: str = "examples"):
+        if batch_size < 1:
+            raise ValueError(f"batch size {batch_size} must be positive.")
+        if num_examples < 1:
+            raise DataError(f"no {what} to batch.")
+        self.num_examples, self.batch_size = num_examples, batch_size
+
+    def _features(
+        self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class ShuffledBatches(Batcher):
+    """`batch(step, rows)`: global train batch `step` in `EpochOrder`, reshuffled every epoch.
+    A mixin before the task's `Batcher`, which calls `init_order(seed)` once it is built."""
 
     def init_order(self, seed: int) -> None:
         self.order = EpochOrder(self.num_examples, seed=seed, global_batch_size=self.batch_size)
 
-    def batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def batch(
+        self, step: int, rows: np.ndarray | Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
         """Rows `rows` (global row indices; default all) of global batch `step`."""
         rows = check_rows(rows, self.batch_size)
-        examples, _ = self.order.examples(step, rows)
-        return self._features(examples, np.ones(len(rows), bool))
+        examples, epochs = self.order.examples(step, rows)
+        return self._features(examples, epochs, np.ones(len(rows), bool))
 
 
-class PaddedEvalBatches:
-    """`batch(i, rows)` of a task's eval set in order; the last batch is padded with rows of
+class PaddedEvalBatches(Batcher):
+    """`batch(i, rows)`: the eval set in order, epoch 0; the last batch is padded with rows of
     weight 0 (`valid` False). A mixin, as `ShuffledBatches`."""
-
-    batch_size: int
-    num_examples: int
-    _features: Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
     @property
     def num_batches(self) -> int:
         return -(-self.num_examples // self.batch_size)
 
-    def batch(self, i: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def batch(
+        self, i: int, rows: np.ndarray | Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
         """Rows `rows` (indices within the batch; default all) of eval batch `i`."""
         if not 0 <= i < self.num_batches:
             raise ValueError(f"eval batch {i} is out of range [0, {self.num_batches}).")
         examples = i * self.batch_size + check_rows(rows, self.batch_size)
         valid = examples < self.num_examples
-        return self._features(np.where(valid, examples, 0), valid)
+        return self._features(np.where(valid, examples, 0), np.zeros_like(examples), valid)

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-from data_pipeline.order import PaddedEvalBatches, ShuffledBatches
+from data_pipeline.order import Batcher, PaddedEvalBatches, ShuffledBatches
 from data_pipeline.tasks.examples import (
     RawExamples,
     check_label_column,
@@ -163,7 +163,7 @@ def tokenize(
     return TokenizedExamples(tokens_a, offsets_a, tokens_b, offsets_b, labels)
 
 
-class _Batcher:
+class _Batcher(Batcher):
     """Packs examples into zero-padded feature arrays (see the module docstring)."""
 
     def __init__(
@@ -175,20 +175,13 @@ class _Batcher:
         cls_id: int,
         sep_id: int,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch size {batch_size} must be positive.")
-        if len(data) == 0:
-            raise DataError("no examples to batch.")
+        super().__init__(len(data), batch_size)
         self.data = data
-        self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.cls_id, self.sep_id = cls_id, sep_id
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.data)
-
-    def _features(self, examples: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    def _features(self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray) -> dict:
+        del epochs  # Fine-tuning features are the same every epoch.
         b, s = len(examples), self.max_seq_length
         batch = {
             "input_ids": np.zeros((b, s), np.int32),

@@ -29,7 +29,7 @@ import numpy as np
 
 from data_pipeline import tfds_source
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-from data_pipeline.order import PaddedEvalBatches, ShuffledBatches
+from data_pipeline.order import Batcher, PaddedEvalBatches, ShuffledBatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,17 +191,15 @@ def _add_window(rows, e, q_ids, ids, spans, first, room, answer, starts, s, toke
         rows[key].append(value)
 
 
-class _Batcher:
+class _Batcher(Batcher):
+    """Question + context windows into feature arrays (see the module docstring)."""
+
     def __init__(self, windows: Windows, *, batch_size: int):
-        if len(windows) == 0:
-            raise DataError("no questions to batch.")
-        self.windows, self.batch_size = windows, batch_size
+        super().__init__(len(windows), batch_size, what="questions")
+        self.windows = windows
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.windows)
-
-    def _features(self, examples: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    def _features(self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray) -> dict:
+        del epochs  # Fine-tuning features are the same every epoch.
         w = self.windows
         lengths = np.where(valid, w.lengths[examples], 0)
         s = w.input_ids.shape[1]

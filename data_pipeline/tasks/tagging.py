@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 
 from data_pipeline.errors import ConfigError, DataError
-from data_pipeline.order import PaddedEvalBatches, ShuffledBatches
+from data_pipeline.order import Batcher, PaddedEvalBatches, ShuffledBatches
 from data_pipeline.tasks.conll import Sentences
 
 OUTSIDE = "O"
@@ -150,25 +150,18 @@ def tokenize(sentences: Sentences, tokenizer) -> list[list[list[int]]]:
     return out
 
 
-class _Batcher:
+class _Batcher(Batcher):
     """Packs windows into zero-padded feature arrays (see the module docstring)."""
 
     def __init__(self, windows: Windows, *, batch_size: int, max_seq_length: int, cls_id: int,
                  sep_id: int):  # fmt: skip
-        if batch_size < 1:
-            raise ValueError(f"batch size {batch_size} must be positive.")
-        if len(windows) == 0:
-            raise DataError("no sentences to batch.")
+        super().__init__(len(windows), batch_size, what="sentences")
         self.windows = windows
-        self.batch_size = batch_size
         self.max_seq_length = max_seq_length
         self.cls_id, self.sep_id = cls_id, sep_id
 
-    @property
-    def num_examples(self) -> int:
-        return len(self.windows)
-
-    def _features(self, examples: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    def _features(self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray) -> dict:
+        del epochs  # Fine-tuning features are the same every epoch.
         b, s = len(examples), self.max_seq_length
         batch = {
             "input_ids": np.zeros((b, s), np.int32),
