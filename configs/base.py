@@ -1,27 +1,16 @@
 """BERT-base (L=12, H=768, A=12, I=3072; Devlin et al. 2019), phase 1 at sequence length 128.
 
-Point `data.train_files` at your corpus (BERT text format) or a `tfds:NAME` source:
+`configs/bert.py:base` under the path it had before sizes became an argument:
 
     python -m pretrain.train --config=configs/base.py --workdir=gs://BUCKET/bert_base \
-        --config.data.train_files='gs://BUCKET/corpus/*.txt' \
-        --config.data.eval_files='gs://BUCKET/corpus_eval/*.txt'
+        --config.data.train_files='gs://BUCKET/corpus/*.txt'
 """
 
 import ml_collections
 
-from configs import default
+from configs.bert import get_config as _bert
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """BERT-base: model size from the reference table, the original BERT recipe otherwise."""
-    c = default.get_config()
-    c.num_train_steps = 1_000_000
-    c.global_batch_size = 256
-    c.optimizer.learning_rate = 1e-4
-    c.optimizer.warmup_steps = 10_000
-
-    c.model.num_hidden_layers = 12
-    c.model.hidden_size = 768
-    c.model.num_attention_heads = 12
-    c.model.intermediate_size = 3072
-    return c
+    """BERT-base: `configs/bert.py:base`."""
+    return _bert("base")

@@ -1,27 +1,16 @@
 """BERT-small (L=4, H=512, A=8, I=2048; Turc et al. 2019), phase 1 at sequence length 128.
 
-Point `data.train_files` at your corpus (BERT text format) or a `tfds:NAME` source:
+`configs/bert.py:small` under the path it had before sizes became an argument:
 
     python -m pretrain.train --config=configs/small.py --workdir=gs://BUCKET/bert_small \
-        --config.data.train_files='gs://BUCKET/corpus/*.txt' \
-        --config.data.eval_files='gs://BUCKET/corpus_eval/*.txt'
+        --config.data.train_files='gs://BUCKET/corpus/*.txt'
 """
 
 import ml_collections
 
-from configs import default
+from configs.bert import get_config as _bert
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """BERT-small: model size from the reference table, the original BERT recipe otherwise."""
-    c = default.get_config()
-    c.num_train_steps = 100_000
-    c.global_batch_size = 256
-    c.optimizer.learning_rate = 5e-4
-    c.optimizer.warmup_steps = 1_000
-
-    c.model.num_hidden_layers = 4
-    c.model.hidden_size = 512
-    c.model.num_attention_heads = 8
-    c.model.intermediate_size = 2048
-    return c
+    """BERT-small: `configs/bert.py:small`."""
+    return _bert("small")
