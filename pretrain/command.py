@@ -8,6 +8,7 @@ its traceback, a ValueError from inside JAX or orbax included.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging as py_logging
 import os
@@ -143,10 +144,15 @@ def _quiet_background_echoes() -> None:
 def _on_cluster_without_flags() -> bool:
     """True on TPU VMs and inside a multi-task `srun`, where JAX reads the cluster itself."""
     # GKE names the TPU workers in the environment; on other TPU VMs JAX asks the metadata
-    # server, which jax[tpu] (libtpu) implies.
+    # server. libtpu alone does not make a TPU VM (`pip install -e ".[tpu]"` brings it to CPUs
+    # for pretrain.plan): the VM also has the chips' device files, and JAX_PLATFORMS allows TPU.
     tpu_vars = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "CLOUD_TPU_TASK_ID")
-    if any(v in os.environ for v in tpu_vars) or importlib.util.find_spec("libtpu") is not None:
+    if any(v in os.environ for v in tpu_vars):
         return True
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if importlib.util.find_spec("libtpu") is not None and (not platforms or "tpu" in platforms):
+        if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
+            return True
     # JAX's SLURM detection needs the step's node list, which a batch script outside srun lacks.
     return "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
