@@ -1,4 +1,4 @@
-"""Training FLOPs of an encoder step, device peak FLOP/s, and model FLOPs utilization (MFU).
+"""Training FLOPs of an encoder step and model FLOPs utilization (MFU); peaks from `chips.py`.
 
 FLOPs are counted from the config, not measured: one multiply-add is 2 FLOPs, and the backward
 pass costs twice the forward (so forward + backward = 3x forward). Per sequence of S tokens
@@ -34,30 +34,11 @@ MFU = (FLOPs per step / step time) / (peak FLOP/s per device * devices)
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import ml_collections
 
 from data_pipeline.errors import ConfigError
-
-# Dense peak FLOP/s per device (no sparsity), from vendor datasheets. JAX reports one device per
-# TPU chip (v4 and later: megacore) and one per GPU. The 'float32' column is the peak at JAX's
-# default matmul precision, which computes float32 matmuls with bf16 passes on TPU and TF32
-# tensor cores on NVIDIA Ampere and later (docs.jax.dev, "Matmul precision"); a run that sets
-# jax_default_matmul_precision='highest' reaches less. Patterns match `device.device_kind`,
-# lower-cased, first match wins.
-_PEAKS: tuple[tuple[str, float, float], ...] = (
-    # (device_kind regex, bfloat16, float32 at default precision)
-    (r"^tpu v4$", 275e12, 275e12),
-    (r"^tpu v5 ?(lite|e)$", 197e12, 197e12),  # v5e reports 'TPU v5 lite'.
-    (r"^tpu v5p?$", 459e12, 459e12),  # v5p reports 'TPU v5'.
-    (r"^tpu v6 ?(lite|e)$", 918e12, 918e12),  # v6e (Trillium) reports 'TPU v6 lite'.
-    (r"a100", 312e12, 156e12),  # SXM and PCIe share the tensor-core peak.
-    (r"h100.*pcie", 756e12, 378e12),
-    (r"h100.*nvl", 835e12, 418e12),
-    (r"h100", 989e12, 494.7e12),  # SXM ('NVIDIA H100 80GB HBM3').
-    (r"h200", 989e12, 494.7e12),  # GH200 and H200 share the H100 SXM compute.
-)
+from pretrain.perf import chips
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,11 +134,8 @@ def peak_flops_per_device(device_kind: str, dtype: str, configured: float = 0.0)
         return float(configured)
     if dtype not in ("bfloat16", "float32"):
         raise ConfigError(f"dtype={dtype!r}: MFU peaks exist for 'bfloat16' and 'float32' only.")
-    kind = device_kind.strip().lower()
-    for pattern, bf16, fp32 in _PEAKS:
-        if re.search(pattern, kind):
-            return bf16 if dtype == "bfloat16" else fp32
-    return None
+    chip = chips.chip_for_kind(device_kind)
+    return None if chip is None else chip.peak_flops(dtype)
 
 
 def mfu(
