@@ -1,5 +1,8 @@
 """Learning-rate schedule values and the weight-decay mask, against hand-computed expectations."""
 
+import importlib
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +11,8 @@ import pytest
 from flax import nnx
 
 from configs import default
+from data_pipeline.errors import ConfigError
+from pretrain.training import validation
 from pretrain.training.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 
@@ -100,3 +105,68 @@ def test_gradients_are_clipped_to_global_norm_before_adam():
     # Adam's first moment after one step is (1 - b1) * g, with g clipped from norm 5 to norm 1.
     mu = optax.tree_utils.tree_get(state, "mu")
     np.testing.assert_allclose(mu["kernel"], [0.1 * 0.6, 0.1 * 0.8], rtol=1e-5)
+
+
+def _stock(spec: str, num_train_steps: int):
+    """The stock config `configs/NAME.py[:ARG]`, shortened to `num_train_steps`."""
+    name, _, arg = spec.partition(":")
+    module = importlib.import_module(f"configs.{name}")
+    config = module.get_config(arg) if arg else module.get_config()
+    config.num_train_steps = num_train_steps
+    return config
+
+
+def test_a_shortened_run_warms_up_over_all_its_steps():
+    config = _stock("smoke", 30)  # warmup_steps=60, peak 2e-3.
+    tx, lr = make_optimizer(config.optimizer, config.num_train_steps)
+    state = tx.init({"kernel": jnp.ones((2,))})
+    expected = [2e-3 * s / 30 for s in range(31)]
+    np.testing.assert_allclose([float(lr(s)) for s in range(31)], expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        [float(lr.applied(state, s)) for s in range(31)], expected, rtol=1e-5
+    )
+
+
+def test_an_unshortened_schedule_keeps_its_warmup():
+    config = _stock("smoke", 600)
+    _, lr = make_optimizer(config.optimizer, config.num_train_steps)
+    steps = np.arange(0, 601, 10)
+    expected = 2e-3 * np.minimum(steps / 60, (600 - steps) / 540)
+    np.testing.assert_allclose([float(lr(s)) for s in steps], expected, rtol=1e-5, atol=1e-12)
+
+
+STOCK_CONFIGS = [
+    *(f"bert:{size}" for size in ("tiny", "mini", "small", "medium", "base", "large")),
+    *("smoke", "modernbert:base", "modernbert:large", "modernbert_smoke", "modernbert_cpu"),
+    *("finetune_classify", "finetune_tokens", "finetune_qa", "glue"),
+]
+
+
+@pytest.mark.parametrize("spec", STOCK_CONFIGS)
+def test_every_stock_config_runs_30_steps(spec):
+    config = _stock(spec, 30)
+    if "task" in config:
+        config.init_from = "PRETRAIN_DIR"
+        validation.check_finetuning(config, tasks=(config.task,))
+    else:
+        config.data.train_files = config.data.train_files or "corpus.txt"
+        validation.check_pretraining(config)
+    _, lr = make_optimizer(config.optimizer, 30)
+    rates = np.array([float(lr(s)) for s in range(31)])
+    assert rates[0] == 0.0 and np.all(rates[1:-1] > 0) and np.all(rates <= lr.peak * (1 + 1e-6))
+
+
+def test_validation_warns_once_about_a_clipped_warmup(caplog):
+    with caplog.at_level(logging.WARNING):
+        validation.check_pretraining(_stock("smoke", 30))
+    assert [r.getMessage() for r in caplog.records] == [
+        "config.optimizer.warmup_steps=60 exceeds config.num_train_steps=30; "
+        "warming up over all 30 steps."
+    ]
+
+
+def test_validation_still_rejects_a_negative_warmup():
+    config = _stock("smoke", 30)
+    config.optimizer.warmup_steps = -5
+    with pytest.raises(ConfigError, match=r"warmup_steps must be >= 0, got -5"):
+        validation.check_pretraining(config)

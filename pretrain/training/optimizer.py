@@ -22,11 +22,12 @@ DECAYED_LEAF_NAMES = ("kernel", "embedding")
 
 
 def warmup_steps(opt_config: ml_collections.ConfigDict, num_train_steps: int) -> int:
-    """`warmup_steps`, or where it is -1 (fine-tuning), `warmup_fraction` of the run."""
+    """`warmup_steps`, or where it is -1 (fine-tuning), `warmup_fraction` of the run; never past
+    the run, so a shortened run of any config warms up over all its steps (validation warns)."""
     warmup = int(opt_config.warmup_steps)
     if warmup == -1 and "warmup_fraction" in opt_config:
         return round(float(opt_config.warmup_fraction) * num_train_steps)
-    return warmup
+    return min(warmup, num_train_steps)
 
 
 def learning_rate_schedule(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import ml_collections
+from absl import logging
 
 from data_pipeline.errors import ConfigError
 
@@ -82,10 +83,14 @@ def check_optimizer(config: ml_collections.ConfigDict) -> None:
     elif not isinstance(warmup, int) or warmup < 0:
         raise ConfigError(f"config.optimizer.warmup_steps must be >= 0, got {warmup!r}.")
     elif warmup > config.num_train_steps:
-        raise ConfigError(
-            f"config.optimizer.warmup_steps={warmup} exceeds config.num_train_steps="
-            f"{config.num_train_steps}: the learning rate would never reach its peak; lower the "
-            "warmup (BERT: 1% of the steps, GLUE: 10%)."
+        # A shortened trial run of a stock config (the first thing users try): warm up over the
+        # whole run (optimizer.warmup_steps clips it) rather than refuse.
+        logging.warning(
+            "config.optimizer.warmup_steps=%d exceeds config.num_train_steps=%d; warming up "
+            "over all %d steps.",
+            warmup,
+            config.num_train_steps,
+            config.num_train_steps,
         )
     if opt.decay not in ("linear", "polynomial", "constant", "wsd"):
         raise ConfigError(
