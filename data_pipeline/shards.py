@@ -3,15 +3,17 @@
 `build_shard(unit, ...)` turns one unit of input (`data_pipeline/units.py`) into one shard: it
 reads the unit's documents, tokenizes them, builds NSP instances (`nsp.py`) or packed rows
 (`packing.py`), shuffles them and writes `shard-NNNNN.array_record`, then its sidecar
-`shard-NNNNN.json`. Every shard is a pure function of (unit, recipe, seed): the randomness of unit
-i is `default_rng([seed, BUILD, i])`, so any number of workers, in any order, write the same
-bytes. Apache Beam runs it on many workers (`python -m data_pipeline.build`); `build_locally`
-runs it in this process (the first start of a training run on a small corpus). A worker holds
-one unit in memory, never the corpus.
+`shard-NNNNN.json` (its counts, byte size and sha256). Every shard is a pure function of
+(unit, recipe, seed): the randomness of unit i is `default_rng([seed, BUILD, i])`, so any
+number of workers, in any order, write the same bytes. Apache Beam runs it on many workers
+(`python -m data_pipeline.build`); `build_locally` runs it in this process (the first start of a
+training run on a small corpus). A worker holds one unit in memory, never the corpus.
 
 `prepare` writes the manifest (or checks that the one there describes the same build, so a
 different build into the same directory is refused) and returns the units still to build: a
-rerun of an interrupted build does only what is missing.
+rerun of an interrupted build does only what is missing. `check_complete` records the finished
+set (each shard's size and sha256) in the manifest; `data_pipeline/integrity.py` checks shards
+against it and repairs them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from data_pipeline.errors import ConfigError, DataError
 from data_pipeline.order import BUILD
 
 TOKENIZER_FILES = ("tokenizer.model", "vocab.txt", "tokenizer_config.json")
+# Manifest keys that describe a build without defining it: not compared when a build reruns.
+# input_spec: the --input as given (the repair command repeats it); shards: the finished set.
+DESCRIPTIVE = ("input_spec", "shards")
+DEFAULT_UNIT_MB = 64.0  # Input megabytes per shard unless the build says otherwise.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,20 +116,23 @@ def build_shard(
         )
         encoded = [records.encode_packed(*rows[i]) for i in rng.permutation(len(rows))]
     name = records.shard_name(unit["index"])
-    _write_shard(epath.Path(output_dir) / f"{name}.array_record", encoded)
+    size, sha256 = _write_shard(epath.Path(output_dir) / f"{name}.array_record", encoded)
     counts = {
         "records": len(encoded),
         "documents": len(docs),
         "tokens": int(sum(len(s) for doc in docs for s in doc)),
         "bad_utf8_lines": text.bad_utf8_lines,
         "long_lines": text.long_lines,
+        "bytes": size,
+        "sha256": sha256,
     }
     files.write_text(epath.Path(output_dir) / f"{name}.json", json.dumps(counts))
     return counts
 
 
-def _write_shard(path: epath.Path, encoded: list[bytes]) -> None:
-    """Writes the records to a temporary name, then renames: a shard is there whole or not."""
+def _write_shard(path: epath.Path, encoded: list[bytes]) -> tuple[int, str]:
+    """Writes the records to a temporary name, then renames: a shard is there whole or not.
+    Returns the file's (bytes, sha256), taken from the local copy before it moves."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     local = "://" not in os.fspath(path)
@@ -133,11 +142,13 @@ def _write_shard(path: epath.Path, encoded: list[bytes]) -> None:
     for record in encoded:
         writer.write(record)
     writer.close()
+    size_and_sha256 = files.size_and_sha256(tmp)
     if local:
         os.replace(tmp, path)
     else:
         tmp.copy(path, overwrite=True)
         tmp.unlink()
+    return size_and_sha256
 
 
 def _input_record(spec: str) -> list[dict[str, Any]]:
@@ -173,6 +184,7 @@ def prepare(
     path = out / records.MANIFEST
     if path.exists():
         existing = json.loads(path.read_text())
+        existing = {k: v for k, v in existing.items() if k not in DESCRIPTIVE}
         if existing != manifest:
             changed = sorted(k for k in manifest if existing.get(k) != manifest[k])
             raise DataError(
@@ -181,7 +193,7 @@ def prepare(
             )
     else:
         _copy_tokenizer(tokenizer_path, out)
-        files.write_text(path, json.dumps(manifest, indent=1))
+        files.write_text(path, json.dumps({**manifest, "input_spec": input_spec}, indent=1))
     for leftover in out.glob(".tmp-*"):  # Half-written shards of an interrupted build.
         leftover.unlink()
     done = records.shard_counts(output_dir, manifest["units"])
@@ -210,10 +222,12 @@ def summary(output_dir: str) -> dict[str, int]:
 
 
 def check_complete(output_dir: str, objective: str) -> dict[str, int]:
-    """The totals of a finished build; DataError when it cannot train anything."""
+    """The totals of a finished build, whose shard set (sizes, sha256) it records in the
+    manifest; DataError when it cannot train anything."""
     totals = summary(output_dir)
     if totals["shards"] < totals["units"]:
         raise DataError(f"{output_dir} is incomplete: rerun the same build to finish it")
+    _record_shard_set(output_dir)
     if objective == "nsp" and totals["documents"] < 2:
         raise DataError(
             f"NSP needs at least 2 documents with text, got {totals['documents']}: add documents "
@@ -222,6 +236,20 @@ def check_complete(output_dir: str, objective: str) -> dict[str, int]:
     if not totals["records"]:
         raise DataError(f"{output_dir}: the inputs hold no text to train on")
     return totals
+
+
+def _record_shard_set(output_dir: str) -> None:
+    """Writes {shard name: {bytes, sha256}} into the manifest, once per finished set."""
+    manifest = records.read_manifest(output_dir)
+    counts = records.shard_counts(output_dir, manifest["units"])
+    found = {
+        records.shard_name(i): {"bytes": c["bytes"], "sha256": c["sha256"]}
+        for i, c in sorted(counts.items())
+        if "sha256" in c  # Shards built before checksums were recorded have none.
+    }
+    if manifest.get("shards") != found:
+        manifest["shards"] = found
+        files.write_text(epath.Path(output_dir) / records.MANIFEST, json.dumps(manifest, indent=1))
 
 
 def build_locally(
