@@ -112,7 +112,7 @@ class _HookedData:
 
     def __init__(self, data, transform):
         self.data, self.transform = data, transform
-        self.global_batch_size = data.global_batch_size
+        self.batch_size = data.batch_size
 
     def batch(self, step, rows=None):
         return self.transform(step + 1, self.data.batch(step, rows=rows))

@@ -114,6 +114,8 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(refere
               first, log)  # fmt: skip
     first.kill()
     first.wait()
+    # The newest complete checkpoint at the kill (3, or 6 if the run got that far first).
+    newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     third = run_module("pretrain.train", args)
-    assert "Taking over" in third.stderr and _resumed_at(third.stderr) == 3
+    assert "Taking over" in third.stderr and _resumed_at(third.stderr) == newest >= 3
     _assert_rows_match(workdir, reference_dir)

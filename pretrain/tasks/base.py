@@ -39,7 +39,7 @@ Sums = dict[str, jax.Array]
 
 
 class TrainData(Protocol):
-    global_batch_size: int
+    batch_size: int  # The global batch: rows of every process together.
 
     def batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
 

@@ -12,8 +12,7 @@ would have seen.
 
 from __future__ import annotations
 
-import queue
-import threading
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,31 +41,20 @@ def _device_batches(
 ) -> Iterator[dict[str, jax.Array]]:
     """Global batches for steps start_step.. on the devices, built ahead on background threads.
 
-    grain builds the numpy batches of this process's rows in parallel; one thread moves them to
-    the devices, so the step never waits for host work that could have been done earlier.
+    grain builds the numpy batches of this process's rows on a thread pool; a grain prefetch
+    thread then moves them to the devices, so the step never waits for host work that could have
+    been done earlier. This is `grain.experimental.device_put`'s structure with our `put`:
+    device_put's `jax.device_put` needs the whole global batch on every process, while `put`
+    assembles global arrays from each process's own rows.
     """
     host = grain.MapDataset.range(start_step, num_steps).map(
         lambda s: data.batch(int(s), rows=rows)
     )
-    host_iter = iter(
-        host.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
+    local = host.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=buffer))
+    on_devices = grain.experimental.ThreadPrefetchIterDataset(
+        local.map(put), prefetch_buffer_size=max(buffer, 1)
     )
-    ready: queue.Queue = queue.Queue(maxsize=max(buffer, 1))
-    done = object()
-
-    def fill() -> None:
-        try:
-            for local in host_iter:
-                ready.put(put(local))
-        except Exception as e:  # noqa: BLE001 - re-raised in the consumer thread
-            ready.put(e)
-        ready.put(done)
-
-    threading.Thread(target=fill, daemon=True).start()
-    while (item := ready.get()) is not done:
-        if isinstance(item, Exception):
-            raise item
-        yield item
+    return iter(on_devices)
 
 
 class _FiniteGuard:
@@ -139,6 +127,21 @@ def _due(step: int, every: int, last: int) -> bool:
     return every > 0 and (step % every == 0 or step == last)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Session:
+    """What one training session works with, built once by `_build_and_run`."""
+
+    config: ml_collections.ConfigDict
+    workdir: epath.Path
+    task: Task
+    jitted: steps.Steps
+    rules: sharding.Rules
+    preemption: PreemptionWatcher
+    record: dict[str, Any]  # The config saved with every checkpoint.
+    checkpointer: Checkpointer
+    best: Checkpointer | None  # WORKDIR/best, when the task names a best metric.
+
+
 def train(
     config: ml_collections.ConfigDict, workdir: str, task_cls: type[Task]
 ) -> dict[str, float]:
@@ -170,7 +173,6 @@ def _build_and_run(
 ) -> dict[str, float]:
     """The task's data, the jitted steps and the state, then the loop."""
     task = task_cls.build(config, workdir_path)
-    record = task.checkpoint_record()
     tx, schedule = make_optimizer(
         config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
     )
@@ -189,12 +191,13 @@ def _build_and_run(
     best = None
     if task.best_metric and task.eval_data is not None:
         best = Checkpointer(workdir_path / BEST_DIR, keep=1, cleanup_tmp=True)
+    session = _Session(
+        config, workdir_path, task, jitted, rules, preemption, task.checkpoint_record(),
+        checkpointer, best,
+    )  # fmt: skip
     try:
         state, start_step = _restore_or_init(task, jitted, checkpointer)
-        return _run(
-            config, workdir_path, task, jitted, state, start_step, preemption, record,
-            checkpointer, best,
-        )  # fmt: skip
+        return _run(session, state, start_step)
     finally:
         # Commit the saves in flight on every exit, errors and Ctrl-C included: orbax's threads
         # must finish before the interpreter exits, or the newest checkpoint is left half-written.
@@ -219,7 +222,12 @@ def _restore_or_init(
 
 
 class _Best:
-    """WORKDIR/best: the checkpoint of the best eval row so far (by the task's best_metric)."""
+    """WORKDIR/best: the checkpoint of the best eval row so far (by the task's best_metric).
+
+    Not orbax's `best_fn` option: that keeps the best of the steps it was asked to save, so every
+    evaluation would write a full checkpoint (optimizer moments included) and delete the worse
+    one; comparing first writes only the improvements.
+    """
 
     def __init__(self, manager: Checkpointer | None, metric: str | None, record: dict[str, Any],
                  saveable: Callable[[steps.TrainState], Any]):  # fmt: skip
@@ -254,24 +262,18 @@ class _Best:
         return evaluate(jitted.eval_step, jitted.combine_params(restored, params), task, feed)[1]
 
 
-def _run(
-    config: ml_collections.ConfigDict,
-    workdir: epath.Path,
-    task: Task,
-    jitted: steps.Steps,
-    state: steps.TrainState,
-    start_step: int,
-    preemption: PreemptionWatcher,
-    record: dict[str, Any],
-    checkpointer: Checkpointer,
-    best: Checkpointer | None,
-) -> dict[str, float]:
+def _run(session: _Session, state: steps.TrainState, start_step: int) -> dict[str, float]:
     """Steps start_step+1 .. num_train_steps with logging, evaluation and saves."""
+    config, task, jitted, preemption = (
+        session.config,
+        session.task,
+        session.jitted,
+        session.preemption,
+    )
     is_main, last = jax.process_index() == 0, config.num_train_steps
-    mesh, rules = jitted.mesh, tuple(config.mesh.logical_axis_rules)
-    train_feed = Feed(mesh, rules, config.global_batch_size)
-    eval_feed = Feed(mesh, rules, config.eval_batch_size)
-    writer = MetricsWriter(workdir, enabled=is_main)
+    train_feed = Feed(jitted.mesh, session.rules, config.global_batch_size)
+    eval_feed = Feed(jitted.mesh, session.rules, config.eval_batch_size)
+    writer = MetricsWriter(session.workdir, enabled=is_main)
     progress = ProgressLine(last, enabled=is_main)
     preemption.start(start_step)
     batches = _device_batches(
@@ -285,8 +287,8 @@ def _run(
     if start_step < last:
         train_step, batches, seconds = steps.compile_ahead(train_step, state, batches)
         status(f"Compiled the train step in {seconds:.1f}s.")
-    guard = _FiniteGuard(config.max_bad_steps, checkpointer)
-    keeper = _Best(best, task.best_metric, record, jitted.saveable)
+    guard = _FiniteGuard(config.max_bad_steps, session.checkpointer)
+    keeper = _Best(session.best, task.best_metric, session.record, jitted.saveable)
     meter = _Throughput(config, task, start_step)
     progress.start(start_step)
     eval_row, outputs = {}, None
@@ -314,7 +316,7 @@ def _run(
             if stop or _due(step, config.checkpoint_every_steps, last):
                 guard.check(state)  # Never save past a step that should have stopped the run.
                 # One save per step.
-                checkpointer.save(step, jitted.saveable(state), record, force=stop)
+                session.checkpointer.save(step, jitted.saveable(state), session.record, force=stop)
             if stop:
                 return eval_row
             meter.exclude(time.time() - side_work_start)
@@ -324,5 +326,5 @@ def _run(
         # All processes: collective.
         final = keeper.final_outputs(outputs, jitted, task, eval_feed, state.params)
         if is_main:
-            task.on_end(workdir, final)
+            task.on_end(session.workdir, final)
     return eval_row

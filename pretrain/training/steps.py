@@ -23,7 +23,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pretrain.models.params import path_parts
@@ -181,28 +181,25 @@ def freeze(tx: optax.GradientTransformation, frozen: Callable[[tuple[str, ...]],
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def _split_frozen(params: dict, frozen: Callable, prefix: tuple = ()) -> dict:
+def _split_frozen(params: dict, frozen: Callable) -> dict:
     """The pure-dict tree without its frozen leaves (empty subtrees dropped)."""
-    out = {}
-    for key, value in params.items():
-        path = (*prefix, str(key))
-        if isinstance(value, dict):
-            kept = _split_frozen(value, frozen, path)
-            if kept:
-                out[key] = kept
-        elif not frozen(path):
-            out[key] = value
-    return out
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict(
+        {path: v for path, v in flat.items() if not frozen(tuple(map(str, path)))}
+    )
 
 
 def _select(tree: dict, like: dict) -> dict:
     """The part of `tree` with the keys of the partial tree `like`."""
-    return {k: _select(tree[k], v) if isinstance(v, dict) else tree[k] for k, v in like.items()}
+    flat = traverse_util.flatten_dict(tree)
+    return traverse_util.unflatten_dict({p: flat[p] for p in traverse_util.flatten_dict(like)})
 
 
 def _merge_into(base: dict, update: dict) -> dict:
-    return {k: _merge_into(v, update[k]) if isinstance(v, dict) and k in update
-            else update.get(k, v) for k, v in base.items()}  # fmt: skip
+    """`base` with the leaves `update` also has replaced by `update`'s."""
+    new = traverse_util.flatten_dict(update)
+    flat = traverse_util.flatten_dict(base, keep_empty_nodes=True)
+    return traverse_util.unflatten_dict({p: new.get(p, v) for p, v in flat.items()})
 
 
 @dataclasses.dataclass(frozen=True)
