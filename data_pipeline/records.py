@@ -6,7 +6,8 @@ or on a first training start) holds:
     manifest.json              what was built: objective, parameters, tokenizer, inputs, units
     tokenizer.model | vocab.txt (+ tokenizer_config.json)   the tokenizer the ids come from
     shard-NNNNN.array_record   one unit's records (ArrayRecord, group_size 1: random access)
-    shard-NNNNN.json           the shard's counts, written last: the shard is complete
+    shard-NNNNN.json           the shard's counts, bytes and sha256, written last: the shard is
+                               complete (`integrity.py` checks the shard against it)
 
 A record is one training example as little-endian int32:
 
@@ -16,14 +17,18 @@ A record is one training example as little-endian int32:
 `BuiltData` reads records by global index through grain's `ArrayRecordDataSource`, with the
 shards' record counts from the sidecars (no file is opened to count) and each reader's index left
 on disk (`index_storage_option: offloaded`): a training process holds no part of the corpus
-beyond the records of its rows, whatever the corpus size.
+beyond the records of its rows, whatever the corpus size. A record that cannot be read (a
+damaged, truncated or missing shard) is a DataError naming the shard file, the record and the
+command that repairs it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,15 +125,19 @@ class BuiltData:
         counts = shard_counts(directory, units)
         missing = [u["index"] for u in units if u["index"] not in counts]
         if missing:
+            from data_pipeline import integrity  # Imported here: it builds on this module.
+
             raise DataError(
                 f"{directory} is incomplete: {len(missing)} of {len(units)} shards missing (first: "
-                f"{shard_name(missing[0])}); rerun the same build command to finish it"
+                f"{shard_name(missing[0])}); build them: {integrity.repair_command(directory)}"
             )
         shards = [
             _Shard(str(self.directory / f"{shard_name(i)}.array_record"), 0, n, n)
             for i, n in ((u["index"], counts[u["index"]]["records"]) for u in units)
             if n
         ]
+        self._shards = shards
+        self._starts = np.cumsum([0] + [s.take for s in shards]).tolist()  # Global index bases.
         self.num_records = sum(s.take for s in shards)
         if not self.num_records:
             raise DataError(f"{directory} holds no examples: its inputs hold no usable text")
@@ -145,4 +154,29 @@ class BuiltData:
         """The records at global `indices`, in that order."""
         indices = [int(i) for i in indices]
         self.records_read += len(indices)
-        return list(self._source.__getitems__(indices)) if indices else []
+        try:
+            return list(self._source.__getitems__(indices)) if indices else []
+        except (RuntimeError, OSError) as e:  # array_record's errors: corrupt, cut short, absent
+            raise self._unreadable(indices, e) from e
+
+    def _unreadable(self, indices: list[int], error: Exception) -> DataError:
+        """The DataError naming the first record of `indices` that cannot be read."""
+        from data_pipeline import integrity  # Imported here: it builds on this module.
+
+        for i in indices:  # The batch read failed: find the record, one read at a time.
+            try:
+                self._source[i]
+            except (RuntimeError, OSError) as e:
+                index, error = i, e
+                break
+        else:
+            index = indices[0]
+        shard = bisect.bisect_right(self._starts, index) - 1
+        # Riegeli's first clause says what is wrong; its hashes and offsets help no user.
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[0].split("; ")[0]
+        cause = re.sub(r" \(computed [^)]*\)", "", cause)
+        return DataError(
+            f"cannot read record {index - self._starts[shard]} of {self._shards[shard].filename}"
+            f" ({cause}): the shard is damaged or missing; repair it, then rerun to resume from "
+            f"the newest complete checkpoint: {integrity.repair_command(self.directory)}"
+        )
