@@ -59,6 +59,7 @@ def data_config() -> ml_collections.ConfigDict:
     c.random_next_prob = 0.5  # Probability that segment B comes from another document.
     c.dupe_factor = 1  # NSP instance-building passes over the corpus (masks are dynamic).
     c.lower_case = True  # Lower-case text before tokenizing (uncased BERT).
+    c.verify_shards = False  # Check every shard's sha256 at start, before compiling (reads all).
     return c
 
 

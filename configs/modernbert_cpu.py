@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.vocab_size = 8000  # Size of the tokenizer trained into the workdir if none is given.
     c.data.max_seq_length = 128  # Tokens per packed row.
     c.data.max_predictions_per_seq = 40  # 30% of 128 is 38.
+    c.data.verify_shards = True  # A small corpus: checking every shard at start is cheap.
 
     c.model.num_hidden_layers = 4  # BERT-mini depth.
     c.model.hidden_size = 256  # BERT-mini width.

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.vocab_size = 4000
     c.data.max_seq_length = 128
     c.data.max_predictions_per_seq = 40  # 30% of 128 is 38.
+    c.data.verify_shards = True  # A small corpus: checking every shard at start is cheap.
 
     c.model.num_hidden_layers = 2
     c.model.hidden_size = 128

@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from data_pipeline import masking, records, shards
+from data_pipeline import integrity, masking, records, shards
 from data_pipeline.errors import ConfigError, DataError
 from data_pipeline.order import MASKS, Batcher, PaddedEvalBatches, ShuffledBatches
 
@@ -259,6 +259,9 @@ def build_datasets(
         # The eval set is fixed: its own seed, one pass (repeats would weigh some examples twice).
         fixed = dataclasses.replace(build, seed=EVAL_SEED, dupe_factor=1)
         eval_dir = prepare_data(data_config.eval_files, tokenizer, fixed, cache_dir)
+    if data_config.get("verify_shards", False):  # Damage is one error now, not at some step.
+        for directory in filter(None, (train_dir, eval_dir)):
+            integrity.require_sound(directory)
     return loaders(
         data_config,
         tokenizer,

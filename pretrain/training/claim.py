@@ -70,6 +70,7 @@ RESUMABLE_KEYS = (
     "model.attention_probs_dropout_prob",
     "data.eval_files",
     "data.eval_file",
+    "data.verify_shards",
 )
 
 
