@@ -19,6 +19,7 @@ import jax
 import ml_collections
 from absl import flags, logging
 
+from pretrain import config_help
 from pretrain.training.errors import UserError
 
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process runs).")
@@ -47,14 +48,27 @@ def start(argv: list[str], *, takes_config: bool = False) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing where a bad flag or `--config.KEY` override is one line, not a traceback.
 
-    Pass as `app.run(main, flags_parser=cli.parse_flags)`.
+    On commands with --config, `--help` also lists the config's keys and `--show_config` prints
+    it (`config_help.py`); both exit 0 before any work. Pass as
+    `app.run(main, flags_parser=cli.parse_flags)`.
     """
+    help_asked = False
+    if "config" in FLAGS:
+        config_help.define_show_config_flag()
+        help_asked = any(a in config_help.HELP_ARGS for a in argv)
+        argv = [a for a in argv if a not in config_help.HELP_ARGS]
     try:
         remaining = FLAGS(argv)
     except (SyntaxError, ImportError, NameError, OSError) as e:  # Raised by a broken --config file.
         _config_file_error(e, argv)
     except flags.Error as e:
-        fail(f"{e}. Run with --helpfull to list flags.")
+        # Parsed, then only a required flag missing: enough to list or print the config.
+        showing = FLAGS.is_parsed() and (help_asked or FLAGS.show_config)
+        if "Error whilst parsing config file" in str(e):  # ml_collections' wrapper of the cause.
+            _config_file_error(e, argv)
+        elif not showing:
+            fail(f"{e}. Run with --helpfull to list flags.")
+        remaining = argv[:1]
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an unknown key or a value of the wrong type.
         detail = str(e.args[0] if e.args else e)
@@ -68,7 +82,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(f"bad --config override: {detail}")
         return []
     if "config" in FLAGS:
-        _load_config_file(argv)
+        if config_help.given():
+            _load_config_file(argv)
+        config_help.show_and_exit(help_asked)
     return remaining
 
 

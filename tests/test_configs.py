@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ml_collections
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from tests.cli_utils import REPO
+from pretrain import config_help
+from tests.cli_utils import REPO, run_module
 
 ALIASES = {
     "configs/mini.py": "configs/bert.py:mini",
@@ -51,3 +53,37 @@ def test_an_unknown_size_names_the_sizes():
 def test_every_config_file_loads(path):
     arg = ":classification" if path == "finetune_common.py" else ""  # Shared fields, by task.
     assert "seed" in load(f"configs/{path}{arg}")
+
+
+def test_key_comments_come_from_the_file_that_defines_the_key():
+    smoke = config_help.key_comments(str(REPO / "configs/smoke.py"))
+    assert smoke["seed"].startswith("Seeds init, data order")  # configs/default.py's line.
+    assert smoke["dtype"].startswith("Compute dtype")  # Not smoke.py's override comment.
+    assert smoke["optimizer.warmup_steps"] == "Linear warmup from 0."
+    assert smoke["benchmark.warmup_steps"].startswith("Train steps run after compilation")
+    assert smoke["data.train_files"].startswith("Comma-separated globs")  # The lines above it.
+    qa = config_help.key_comments(str(REPO / "configs/finetune_qa.py"))
+    assert qa["seed"] == "Seeds the head's init, the data order and dropout."
+    assert list(qa)[:2] == ["init_from", "task"]  # In the order the recipe assigns them.
+
+
+@pytest.mark.parametrize("spec", ["smoke.py", "bert.py:base", "finetune_qa.py", "glue.py"])
+def test_every_key_has_a_comment(spec):
+    path, _, _ = spec.partition(":")
+    comments = config_help.key_comments(str(REPO / "configs" / path))
+    keys = [
+        key for key, _ in config_help.leaves(ml_collections.ConfigDict(load(f"configs/{spec}")))
+    ]
+    assert keys and [key for key in keys if not comments.get(key)] == []
+
+
+@pytest.mark.slow
+def test_help_lists_the_keys_and_show_config_prints_the_overridden_config(tmp_path):
+    args = ["--config=configs/smoke.py", "--config.num_train_steps=30"]
+    shown = run_module("pretrain.train", [*args, "--show_config"])  # No --workdir needed.
+    assert "  num_train_steps=30" in shown.stdout.splitlines()
+    assert "  data.train_files='data/sample/train.txt'" in shown.stdout.splitlines()
+    helped = run_module("pretrain.finetune", ["--config=configs/finetune_qa.py", "--help"])
+    assert "--[no]show_config" in helped.stdout
+    line = next(x for x in helped.stdout.splitlines() if x.strip().startswith("seed=0"))
+    assert line.endswith("# Seeds the head's init, the data order and dropout.")
