@@ -105,7 +105,8 @@ def _write_report(bad: list, path: str) -> None:
 
 
 def verify_pipeline(output_dir: str, manifest: dict, beam_args) -> dict[int, str]:
-    """{unit index: what is wrong} of every bad shard, each checked on the Beam runner."""
+    """{unit index: `check_shard`'s finding} of every shard not sound, checked on the Beam
+    runner."""
     import apache_beam as beam
 
     # The workers' findings come back through one file (any runner can write where the shards are).
@@ -144,7 +145,7 @@ def _verify(args, recipe: shards.Recipe, unit_bytes: int, beam_args, start: floa
         )
         run_pipeline(pending, args.output_dir, recipe, beam_args)
         shards.check_complete(args.output_dir, recipe.objective)
-        still = [i for i in bad if integrity.check_shard(args.output_dir, i, manifest)]
+        still = [i for i in bad if integrity.check_shard(args.output_dir, i, manifest) is not None]
         print(f"repaired {len(bad) - len(still)} of {len(bad)} bad shards")
         bad = still
     unchecked = (

@@ -27,6 +27,8 @@ from data_pipeline import files, records, shards
 from data_pipeline.errors import DataError
 
 _THREADS = 8  # Reads in flight for the in-process check (object stores reward parallel reads).
+# What `check_shard` says of a shard built before checksums were recorded: not a fault.
+NO_CHECKSUM = "no checksum recorded (built by an older version): presence checked only"
 
 
 def shard_path(directory: str | epath.PathLike, index: int) -> epath.Path:
@@ -52,10 +54,8 @@ def _expected(directory: epath.Path, index: int, manifest: dict) -> tuple[dict |
 def check_shard(
     directory: str | epath.PathLike, index: int, manifest: dict | None = None
 ) -> str | None:
-    """What is wrong with shard `index` of a built directory, in words; None when it is sound.
-
-    A shard built before checksums were recorded is checked for presence only.
-    """
+    """What is wrong with shard `index` of a built directory, in words; None when it is sound,
+    `NO_CHECKSUM` when it is there but was built before checksums were recorded."""
     directory = epath.Path(directory)
     manifest = records.read_manifest(directory) if manifest is None else manifest
     expected, problem = _expected(directory, index, manifest)
@@ -63,7 +63,7 @@ def check_shard(
     if not path.exists():
         return "missing"
     if problem or expected is None:
-        return problem or None
+        return problem or NO_CHECKSUM
     try:
         size, sha256 = files.size_and_sha256(path)
     except OSError as e:
@@ -94,13 +94,11 @@ def unit_indices(manifest: dict) -> list[int]:
     return [u["index"] for u in manifest["units"]]
 
 
-def report(directory: str, bad: dict[int, str], manifest: dict | None = None) -> Report:
-    """The `Report` of `bad` (from any runner) over the directory's shards."""
+def report(directory: str, found: dict[int, str], manifest: dict | None = None) -> Report:
+    """The `Report` of `check_shard`'s findings (from any runner; sound shards left out)."""
     manifest = records.read_manifest(directory) if manifest is None else manifest
-    indices = unit_indices(manifest)
-    recorded = manifest.get("shards", {})
-    unchecked = sum(1 for i in indices if i not in bad and records.shard_name(i) not in recorded)
-    return Report(directory, len(indices), bad, unchecked)
+    bad = {i: why for i, why in found.items() if why != NO_CHECKSUM}
+    return Report(directory, len(unit_indices(manifest)), bad, len(found) - len(bad))
 
 
 def verify(directory: str, threads: int = _THREADS) -> Report:
@@ -109,8 +107,7 @@ def verify(directory: str, threads: int = _THREADS) -> Report:
     indices = unit_indices(manifest)
     with ThreadPoolExecutor(max(1, threads)) as pool:
         found = pool.map(lambda i: check_shard(directory, i, manifest), indices)
-        bad = {i: why for i, why in zip(indices, found) if why}
-    return report(directory, bad, manifest)
+        return report(directory, {i: why for i, why in zip(indices, found) if why}, manifest)
 
 
 def require_sound(directory: str) -> Report:
