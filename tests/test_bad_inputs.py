@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -27,6 +26,7 @@ from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import loop
 from tests.cli_utils import (
     LOG_COMPILES,
+    MODEL_COMPILE,
     REPO,
     assert_one_line_error,
     read_metrics,
@@ -36,8 +36,6 @@ from tests.cli_utils import (
     tiny_overrides,
     write_corpus,
 )
-
-_MODEL_COMPILE = re.compile(r"Compiling jit\((init_train_state|train_step|eval_step)\)")
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +62,7 @@ def _fails(data: Path, workdir: Path, capsys, caplog, *fragments: str, **overrid
     ), lines
     for fragment in fragments:
         assert fragment in lines[-1], (fragment, lines[-1])
-    assert not any(_MODEL_COMPILE.search(r.getMessage()) for r in caplog.records)
+    assert not any(MODEL_COMPILE.search(r.getMessage()) for r in caplog.records)
     assert not (workdir / "metrics.jsonl").exists()
     return lines[-1]
 

@@ -118,7 +118,7 @@ def test_a_live_writer_is_named_and_a_dead_or_expired_one_taken_over(pretrained,
     config = tiny_config(data, num_train_steps=2)
 
     # This very process holds it (as a live run on this host would).
-    _lock(workdir, pid_start=claim._process_start(os.getpid()))
+    _lock(workdir, pid_start=claim.process_start(os.getpid()))
     code, lines = run_in_process(lambda: loop.train(config, str(workdir), PretrainingTask), capsys)
     assert code == 2 and f"is in use by another run (pid {os.getpid()} on" in lines[-1]
     # Another host, lease still valid.

@@ -178,7 +178,7 @@ def check_resume(workdir: epath.Path, config: ml_collections.ConfigDict) -> dict
     return changes
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The kernel's start time of `pid` (/proc), so a reused pid is not taken for the holder."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
@@ -191,7 +191,7 @@ def _alive(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return time.time() < float(holder.get("lease_until", 0))
     pid = int(holder.get("pid", -1))
-    start = _process_start(pid)
+    start = process_start(pid)
     if start is not None:
         return start == holder.get("pid_start")
     try:
@@ -274,7 +274,7 @@ def _lock_record(command: str) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "pid_start": _process_start(os.getpid()),
+        "pid_start": process_start(os.getpid()),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": command,
         "lease_until": time.time() + LEASE_SECONDS,
