@@ -90,9 +90,7 @@ class _Batcher(Batcher):
         """The batch of `examples` (masked for `epochs`); rows where not `valid` stay zero."""
         b, s, p = len(examples), self.max_seq_length, self.max_predictions_per_seq
         batch = {
-            "input_ids": np.zeros((b, s), np.int32),
-            "input_mask": np.zeros((b, s), np.int32),
-            "segment_ids": np.zeros((b, s), np.int32),
+            **self._inputs(b, s),
             "masked_lm_positions": np.zeros((b, p), np.int32),
             "masked_lm_ids": np.zeros((b, p), np.int32),
             "masked_lm_weights": np.zeros((b, p), np.float32),
@@ -151,7 +149,8 @@ class PretrainingLoader(ShuffledBatches, _Batcher):
 
     def __init__(self, data: records.BuiltData, vocab: masking.MaskingVocab, *, seed: int,
                  global_batch_size: int, **kwargs):  # fmt: skip
-        super().__init__(data, vocab, seed=seed, batch_size=global_batch_size, **kwargs)
+        # The seed keys both the order and the masks.
+        _Batcher.__init__(self, data, vocab, seed=seed, batch_size=global_batch_size, **kwargs)
         self.init_order(seed)
 
 

@@ -11,6 +11,7 @@ step-indexed loader (pretraining, fine-tuning) orders its examples here: one rul
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -91,15 +92,34 @@ class Batcher:
             raise DataError(f"no {what} to batch.")
         self.num_examples, self.batch_size = num_examples, batch_size
 
+    @staticmethod
+    def _inputs(b: int, s: int) -> dict[str, np.ndarray]:
+        """The zero int32 [b, s] input_ids, input_mask and segment_ids every batch starts from."""
+        return {k: np.zeros((b, s), np.int32) for k in ("input_ids", "input_mask", "segment_ids")}
+
     def _features(
         self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
 
+class TokenBatcher(Batcher):
+    """A `Batcher` of rows of `max_seq_length` pieces framed by [CLS] ... [SEP]."""
+
+    def __init__(self, num_examples: int, *, batch_size: int, max_seq_length: int, cls_id: int,
+                 sep_id: int, what: str = "examples"):  # fmt: skip
+        super().__init__(num_examples, batch_size, what=what)
+        self.max_seq_length = max_seq_length
+        self.cls_id, self.sep_id = cls_id, sep_id
+
+
 class ShuffledBatches(Batcher):
     """`batch(step, rows)`: global train batch `step` in `EpochOrder`, reshuffled every epoch.
-    A mixin before the task's `Batcher`, which calls `init_order(seed)` once it is built."""
+    A mixin before the task's `Batcher`: `seed` keys the order, the rest goes to the batcher."""
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.init_order(seed)
 
     def init_order(self, seed: int) -> None:
         self.order = EpochOrder(self.num_examples, seed=seed, global_batch_size=self.batch_size)

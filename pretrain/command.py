@@ -117,6 +117,19 @@ def check_config_kind(config: ml_collections.ConfigDict, command: str) -> None:
              "python -m pretrain.train, or fine-tune with configs/finetune_*.py.")  # fmt: skip
 
 
+def main_of(work: Callable[[], None], *, distributed: bool = False) -> Callable[[list[str]], None]:
+    """The `main(argv)` of a command that takes no --config and whose work is `work()`: the
+    prologue, multi-process setup when `distributed`, and user errors as one line."""
+
+    def main(argv: list[str]) -> None:
+        start(argv)
+        if distributed:
+            initialize_distributed()
+        run_user_errors_as_one_line(work)
+
+    return main
+
+
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:
     """Runs `fn`, turning a UserError into one line and exit code 2; other errors propagate."""
     if logging.get_verbosity() < logging.INFO:

@@ -38,10 +38,7 @@ def _evaluate() -> None:
     print(session_lib.json_row(row))
 
 
-def main(argv: list[str]) -> None:
-    command.start(argv)
-    command.initialize_distributed()
-    command.run_user_errors_as_one_line(_evaluate)
+main = command.main_of(_evaluate, distributed=True)
 
 
 if __name__ == "__main__":

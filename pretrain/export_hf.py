@@ -28,9 +28,7 @@ def _export() -> None:
     )
 
 
-def main(argv: list[str]) -> None:
-    command.start(argv)
-    command.run_user_errors_as_one_line(_export)
+main = command.main_of(_export)
 
 
 if __name__ == "__main__":

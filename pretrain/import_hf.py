@@ -34,9 +34,7 @@ def _import() -> None:
     )
 
 
-def main(argv: list[str]) -> None:
-    command.start(argv)
-    command.run_user_errors_as_one_line(_import)
+main = command.main_of(_import)
 
 
 if __name__ == "__main__":

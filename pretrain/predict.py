@@ -29,10 +29,7 @@ def _predict() -> None:
     print(f"Wrote {count} predictions (step {session.step}) to {_OUTPUT.value}")
 
 
-def main(argv: list[str]) -> None:
-    command.start(argv)
-    command.initialize_distributed()
-    command.run_user_errors_as_one_line(_predict)
+main = command.main_of(_predict, distributed=True)
 
 
 if __name__ == "__main__":

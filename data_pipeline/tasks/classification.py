@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
-from data_pipeline.order import Batcher, PaddedEvalBatches, ShuffledBatches
+from data_pipeline.order import PaddedEvalBatches, ShuffledBatches, TokenBatcher
 from data_pipeline.tasks.examples import (
     RawExamples,
     check_label_column,
@@ -163,30 +164,18 @@ def tokenize(
     return TokenizedExamples(tokens_a, offsets_a, tokens_b, offsets_b, labels)
 
 
-class _Batcher(Batcher):
+class _Batcher(TokenBatcher):
     """Packs examples into zero-padded feature arrays (see the module docstring)."""
 
-    def __init__(
-        self,
-        data: TokenizedExamples,
-        *,
-        batch_size: int,
-        max_seq_length: int,
-        cls_id: int,
-        sep_id: int,
-    ):
-        super().__init__(len(data), batch_size)
+    def __init__(self, data: TokenizedExamples, **kwargs: Any):
+        super().__init__(len(data), **kwargs)
         self.data = data
-        self.max_seq_length = max_seq_length
-        self.cls_id, self.sep_id = cls_id, sep_id
 
     def _features(self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray) -> dict:
         del epochs  # Fine-tuning features are the same every epoch.
         b, s = len(examples), self.max_seq_length
         batch = {
-            "input_ids": np.zeros((b, s), np.int32),
-            "input_mask": np.zeros((b, s), np.int32),
-            "segment_ids": np.zeros((b, s), np.int32),
+            **self._inputs(b, s),
             "label": np.zeros((b,), self.data.labels.dtype),
             "example_weight": valid.astype(np.float32),
         }
@@ -207,10 +196,6 @@ class _Batcher(Batcher):
 
 class TrainBatches(ShuffledBatches, _Batcher):
     """Global train batch `step` (or this process's rows of it), reshuffled every epoch."""
-
-    def __init__(self, data: TokenizedExamples, *, seed: int, **kwargs):
-        super().__init__(data, **kwargs)
-        self.init_order(seed)
 
 
 class EvalBatches(PaddedEvalBatches, _Batcher):

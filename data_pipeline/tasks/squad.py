@@ -217,10 +217,6 @@ class _Batcher(Batcher):
 class TrainBatches(ShuffledBatches, _Batcher):
     """Global train batch `step` (or some of its rows), windows reshuffled every epoch."""
 
-    def __init__(self, windows: Windows, *, seed: int, batch_size: int):
-        super().__init__(windows, batch_size=batch_size)
-        self.init_order(seed)
-
 
 class EvalBatches(PaddedEvalBatches, _Batcher):
     """Every window in order; the last batch is padded with zero rows of weight 0."""

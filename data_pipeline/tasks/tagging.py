@@ -23,11 +23,12 @@ Train batch `step` is a pure function of (seed, step) over windows (`data_pipeli
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from data_pipeline.errors import ConfigError, DataError
-from data_pipeline.order import Batcher, PaddedEvalBatches, ShuffledBatches
+from data_pipeline.order import PaddedEvalBatches, ShuffledBatches, TokenBatcher
 from data_pipeline.tasks.conll import Sentences
 
 OUTSIDE = "O"
@@ -150,23 +151,18 @@ def tokenize(sentences: Sentences, tokenizer) -> list[list[list[int]]]:
     return out
 
 
-class _Batcher(Batcher):
+class _Batcher(TokenBatcher):
     """Packs windows into zero-padded feature arrays (see the module docstring)."""
 
-    def __init__(self, windows: Windows, *, batch_size: int, max_seq_length: int, cls_id: int,
-                 sep_id: int):  # fmt: skip
-        super().__init__(len(windows), batch_size, what="sentences")
+    def __init__(self, windows: Windows, **kwargs: Any):
+        super().__init__(len(windows), what="sentences", **kwargs)
         self.windows = windows
-        self.max_seq_length = max_seq_length
-        self.cls_id, self.sep_id = cls_id, sep_id
 
     def _features(self, examples: np.ndarray, epochs: np.ndarray, valid: np.ndarray) -> dict:
         del epochs  # Fine-tuning features are the same every epoch.
         b, s = len(examples), self.max_seq_length
         batch = {
-            "input_ids": np.zeros((b, s), np.int32),
-            "input_mask": np.zeros((b, s), np.int32),
-            "segment_ids": np.zeros((b, s), np.int32),
+            **self._inputs(b, s),
             "labels": np.zeros((b, s), np.int32),
             "label_weights": np.zeros((b, s), np.float32),
             "example_weight": valid.astype(np.float32),
@@ -184,10 +180,6 @@ class _Batcher(Batcher):
 
 class TrainBatches(ShuffledBatches, _Batcher):
     """Global train batch `step` (or this process's rows of it), reshuffled every epoch."""
-
-    def __init__(self, windows: Windows, *, seed: int, **kwargs):
-        super().__init__(windows, **kwargs)
-        self.init_order(seed)
 
 
 class EvalBatches(PaddedEvalBatches, _Batcher):

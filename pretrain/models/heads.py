@@ -16,6 +16,8 @@ Shape letters: B batch, S sequence, P masked positions, H hidden, V vocabulary, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -133,14 +135,13 @@ class PreTrainingModel(nnx.Module):
         return mlm_logits, nsp_logits
 
 
-class SequenceClassifier(nnx.Module):
-    """Encoder, pooled output (ModernBERT: then its head), dropout, and a linear layer: logits
-    (or a score) per sequence, as Hugging Face's `*ForSequenceClassification`."""
+class _Classifier(nnx.Module):
+    """Encoder, then (ModernBERT) its prediction head, dropout and a linear layer: the layout of
+    Hugging Face's task classes, so parameter paths match theirs."""
 
     def __init__(
         self, cfg: EncoderConfig, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs
     ):
-        """num_outputs: the number of classes (>= 2), or 1 for a regression score."""
         if num_outputs < 1:
             raise ValueError(f"num_outputs={num_outputs} must be positive.")
         self.cfg = cfg
@@ -158,45 +159,39 @@ class SequenceClassifier(nnx.Module):
         deterministic: bool,
         rngs: nnx.Rngs | None = None,
     ) -> jax.Array:
-        """[B, S] ids/mask/segments -> [B, C] float32."""
+        """[B, S] ids/mask/segments -> logits float32, [B, C] or [B, S, C] (see `_reduce`)."""
         check_rngs(self.cfg, deterministic, rngs, self.dropout.rate > 0)
         x = self.encoder(input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs)
-        pooled = self.encoder.pool(x, input_mask)  # [B, H]
-        if self.head is not None:
-            pooled = self.head(pooled)
-        pooled = self.dropout(pooled, deterministic=deterministic, rngs=rngs)
-        return self.classifier(pooled)
-
-
-class TokenClassifier(nnx.Module):
-    """Logits per token, as Hugging Face's `*ForTokenClassification` (and, with 2 outputs and no
-    dropout for BERT, `*ForQuestionAnswering`)."""
-
-    def __init__(
-        self, cfg: EncoderConfig, num_outputs: int, *, dropout_rate: float, rngs: nnx.Rngs
-    ):
-        self.cfg = cfg
-        self.encoder = make_encoder(cfg, rngs)
-        self.head = PredictionHead(cfg, rngs=rngs) if cfg.arch == "modernbert" else None
-        self.dropout = nnx.Dropout(dropout_rate)
-        self.classifier = linear_head(cfg, num_outputs, rngs)
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        input_mask: jax.Array,
-        segment_ids: jax.Array,
-        *,
-        deterministic: bool,
-        rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
-        """[B, S] ids/mask/segments -> [B, S, C] float32."""
-        check_rngs(self.cfg, deterministic, rngs, self.dropout.rate > 0)
-        x = self.encoder(input_ids, input_mask, segment_ids, deterministic=deterministic, rngs=rngs)
+        x = self._reduce(x, input_mask)  # [B, H] or [B, S, H]
         if self.head is not None:
             x = self.head(x)
         x = self.dropout(x, deterministic=deterministic, rngs=rngs)
         return self.classifier(x)
+
+    def on_batch(self, batch: Mapping[str, jax.Array], rngs: nnx.Rngs | None) -> jax.Array:
+        """The logits of a task batch; `rngs` None means deterministic (eval)."""
+        return self(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+                    deterministic=rngs is None, rngs=rngs)  # fmt: skip
+
+    def _reduce(self, x: jax.Array, input_mask: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+class SequenceClassifier(_Classifier):
+    """Logits (or a score) per sequence from the pooled output, as Hugging Face's
+    `*ForSequenceClassification`. num_outputs: the number of classes (>= 2), or 1 for a
+    regression score."""
+
+    def _reduce(self, x: jax.Array, input_mask: jax.Array) -> jax.Array:
+        return self.encoder.pool(x, input_mask)  # [B, S, H] -> [B, H]
+
+
+class TokenClassifier(_Classifier):
+    """Logits per token, as Hugging Face's `*ForTokenClassification` (and, with 2 outputs and no
+    dropout for BERT, `*ForQuestionAnswering`)."""
+
+    def _reduce(self, x: jax.Array, input_mask: jax.Array) -> jax.Array:
+        return x  # Every position is classified.
 
 
 def check_rngs(

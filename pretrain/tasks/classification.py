@@ -98,13 +98,7 @@ class ClassificationTask(FinetuningTask):
 
     def _outputs(self, model: SequenceClassifier, batch: Batch, rngs) -> jax.Array:
         """[B, C] float32 (C = 1 for regression)."""
-        return model(
-            batch["input_ids"],
-            batch["input_mask"],
-            batch["segment_ids"],
-            deterministic=rngs is None,
-            rngs=rngs,
-        )
+        return model.on_batch(batch, rngs)
 
     def _sums(self, outputs: jax.Array, batch: Batch) -> Sums:
         """Sums over the batch of the weighted loss (cross-entropy or squared error) and hits."""

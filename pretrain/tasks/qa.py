@@ -110,8 +110,7 @@ class QaTask(FinetuningTask):
         )
 
     def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
-        logits = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                       deterministic=rngs is None, rngs=rngs)  # fmt: skip
+        logits = model.on_batch(batch, rngs)
         # Padding can never be an answer boundary.
         return jnp.where(batch["input_mask"][..., None] > 0, logits, -1e9)
 

@@ -96,8 +96,7 @@ class TaggingTask(FinetuningTask):
         return self.adapt(model, rngs)
 
     def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
-        return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
-                     deterministic=rngs is None, rngs=rngs)  # fmt: skip
+        return model.on_batch(batch, rngs)
 
     def loss_weights(self, batch: Batch) -> Sums:
         weights = batch["label_weights"] * batch["example_weight"][:, None]
