@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -168,9 +169,17 @@ def pretrain_minute(a, report: Report, tokenizer: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry_run", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("device_check_out"))
+    parser.add_argument("--out", type=Path, default=None, help="default: a new temporary folder")
     a = parser.parse_args()
-    a.out = a.out.resolve()
+    a.out = (a.out or Path(tempfile.mkdtemp(prefix="device_check_"))).resolve()
+    try:
+        check(a)
+    finally:
+        print(f"device check outputs: {a.out}", file=sys.stderr)
+
+
+def check(a: argparse.Namespace) -> None:
+    """The whole sequence, each result one line on stdout and in OUT/results.jsonl."""
     report = Report(a.out)
     code, out, err = _run(
         [

@@ -8,14 +8,14 @@
 # benchmarks/device_check.py: the device, pretrain.benchmark for BERT-base and ModernBERT-base
 # (bfloat16, sequence 128 and 512, attention xla / cudnn, remat none / dots, the largest batch
 # that fits), and a one-minute pretraining run of configs/mini.py. Every result is one JSON line
-# on stdout and in DIR/results.jsonl (default DIR: device_check_out). --dry_run: the same
+# on stdout and in DIR/results.jsonl (default DIR: a fresh temporary folder, named on stderr at
+# the end; a relative DIR is taken from where the script is called). --dry_run: the same
 # sequence on the CPU with tiny shapes, in about two minutes (CI runs it). docs/performance.md
 # says what each line means.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 dry_run=0
 install=1
-out="device_check_out"
+out=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry_run) dry_run=1 ;;
@@ -26,6 +26,12 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+# Outputs never land in the checkout unasked: the caller's folder, else a fresh temporary one.
+if [[ -z $out ]]; then
+  out=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX") || exit 1
+fi
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 1
+cd "$(dirname "$0")/.."
 args=(--out "$out")
 if [[ $dry_run == 1 ]]; then
   export JAX_PLATFORMS=cpu
