@@ -126,22 +126,25 @@ def _iter_file_documents(paths: list[str]) -> Iterator[list[str]]:
         )
 
 
+def record_sentences(record: dict, text_feature: str, name: str) -> list[str]:
+    """The sentences of one TFDS record's `text_feature` (ConfigError if it has none)."""
+    if text_feature not in record:
+        raise ConfigError(
+            f"TFDS dataset {name!r} has no feature {text_feature!r} (it has "
+            f"{sorted(record)}): set data.tfds_text_feature"
+        )
+    text = record[text_feature]
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return split_sentences(str(text))
+
+
 def _iter_tfds_documents(spec: str, text_feature: str) -> Iterator[list[str]]:
     """Yields one document per record of a TFDS split, read by random access."""
     name, _ = parse_tfds_spec(spec)
     source = tfds_source.open_split(spec)
     for i in range(len(source)):
-        record = source[i]
-        if text_feature not in record:
-            raise ConfigError(
-                f"TFDS dataset {name!r} has no feature {text_feature!r} (it has "
-                f"{sorted(record)}): set data.tfds_text_feature"
-            )
-        text = record[text_feature]
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        sentences = split_sentences(str(text))
-        if sentences:
+        if sentences := record_sentences(source[i], text_feature, name):
             yield sentences
 
 

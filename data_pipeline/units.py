@@ -141,16 +141,7 @@ def _tfds_documents(spec: str, start: int, stop: int, text_feature: str) -> Unit
     source = tfds_source.open_split(spec)
     out = UnitText([])
     for i in range(start, stop):
-        record = source[i]
-        if text_feature not in record:
-            raise ConfigError(
-                f"TFDS dataset {spec!r} has no feature {text_feature!r} (it has "
-                f"{sorted(record)}): set data.tfds_text_feature"
-            )
-        text = record[text_feature]
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        if sentences := documents.split_sentences(str(text)):
+        if sentences := documents.record_sentences(source[i], text_feature, spec):
             out.documents.append(sentences)
     return out
 
