@@ -180,7 +180,7 @@ def _pause_in_eval(arg: str) -> dict:
 
 def _pause_in_save(arg: str) -> dict:
     """Step N is fully written to its tmp folder; orbax's commit (the rename) has not run."""
-    from orbax.checkpoint._src.path import atomicity
+    from orbax.checkpoint.path import atomicity  # Public path of the class orbax commits with.
 
     cls = atomicity.AtomicRenameTemporaryPath
     original = cls.finalize
