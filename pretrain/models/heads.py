@@ -201,3 +201,48 @@ def check_rngs(
         raise ValueError(
             "deterministic=False needs rngs with a dropout stream: pass rngs=nnx.Rngs(dropout=key)."
         )
+
+
+POOLING = ("mean", "cls", "last")
+
+
+def pool_tokens(x: jax.Array, input_mask: jax.Array, pooling: str) -> jax.Array:
+    """[B, S, H] -> [B, H] float32: the mean of the real tokens, the first ([CLS]) or the last
+    real one, as sentence-transformers' `Pooling` modes mean / cls / lasttoken compute them."""
+    x = x.astype(jnp.float32)
+    if pooling == "cls":
+        return x[:, 0]
+    if pooling == "last":
+        last = jnp.maximum(input_mask.sum(axis=1) - 1, 0)  # Right padding: the last real token.
+        return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+    weights = input_mask.astype(jnp.float32)[..., None]  # [B, S, 1]
+    return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
+
+
+class SentenceEmbedder(nnx.Module):
+    """The encoder, pooled and L2-normalized: one embedding per text (retrieval). With
+    `learn_temperature`, `log_scale` holds the contrastive loss's learned log(1 / temperature).
+    Parameter paths are the encoder's, so the export is the plain `*Model` class."""
+
+    def __init__(self, cfg: EncoderConfig, *, pooling: str, temperature: float,
+                 learn_temperature: bool, rngs: nnx.Rngs):  # fmt: skip
+        if pooling not in POOLING:
+            raise ValueError(f"pooling={pooling!r} is not one of {POOLING}.")
+        self.cfg, self.pooling = cfg, pooling
+        self.encoder = make_encoder(cfg, rngs)
+        self.log_scale = (
+            nnx.Param(jnp.asarray(-jnp.log(temperature), jnp.float32))
+            if learn_temperature
+            else None
+        )
+
+    def __call__(self, input_ids: jax.Array, input_mask: jax.Array, *, deterministic: bool,
+                 rngs: nnx.Rngs | None = None) -> jax.Array:  # fmt: skip
+        """[..., S] ids and mask -> [..., H] float32 unit vectors (any leading dims)."""
+        check_rngs(self.cfg, deterministic, rngs)
+        lead, s = input_ids.shape[:-1], input_ids.shape[-1]
+        ids, mask = input_ids.reshape(-1, s), input_mask.reshape(-1, s)
+        x = self.encoder(ids, mask, jnp.zeros_like(ids), deterministic=deterministic, rngs=rngs)
+        e = pool_tokens(x, mask, self.pooling)
+        e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)  # F.normalize's eps.
+        return e.reshape(*lead, e.shape[-1])

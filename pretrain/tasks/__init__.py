@@ -7,10 +7,13 @@ a fine-tuning task is one new module and one entry here.
 from pretrain.tasks.classification import ClassificationTask
 from pretrain.tasks.finetuning import FinetuningTask
 from pretrain.tasks.qa import QaTask
+from pretrain.tasks.retrieval import RetrievalTask
 from pretrain.tasks.tagging import TaggingTask
 
 FINETUNING_TASKS = {
-    name: task for task in (ClassificationTask, TaggingTask, QaTask) for name in task.tasks
+    name: task
+    for task in (ClassificationTask, TaggingTask, QaTask, RetrievalTask)
+    for name in task.tasks
 }
 
 
