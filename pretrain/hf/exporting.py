@@ -10,7 +10,9 @@ never read), become
 The class follows the workdir: a pretraining workdir gives `BertForPreTraining` (NSP recipe),
 `BertForMaskedLM` or `ModernBertForMaskedLM` (packed MLM); a fine-tuning workdir gives its
 task's class (`*ForSequenceClassification`, `*ForTokenClassification`, `*ForQuestionAnswering`)
-with `id2label`, its adapters (LoRA) merged into plain weights.
+with `id2label`, its adapters (LoRA) merged into plain weights; a retrieval workdir gives the
+plain encoder (`BertModel` / `ModernBertModel`) as a sentence-transformers folder
+(pretrain/hf/sentence_transformers.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from jax.sharding import SingleDeviceSharding
 from data_pipeline import files, vocab
 from data_pipeline.errors import ConfigError, MissingInputError
 from pretrain.hf import convert as hf_convert
+from pretrain.hf import sentence_transformers
 from pretrain.hf import tokenizer_files as hf_tokenizer
 from pretrain.inference.session import open_session
 from pretrain.models.config import EncoderConfig
@@ -53,6 +56,8 @@ class Restored:
     tokenizer: vocab.Tokenizer
     head: str  # See pretrain/hf/convert.py.
     labels: list[str] | None = None  # Fine-tuned classifiers and taggers: class names by id.
+    pooling: str | None = None  # Retrieval: the sentence embedding's pooling (and its length).
+    max_seq_length: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,8 @@ def restore_finetuning(workdir: str, step: int | None = None) -> Restored:
     model_config = dataclasses.replace(task.model_config, dtype=jnp.float32)
     return Restored(
         task.export_params(params), model_config, session.step, task.tokenizer,
-        task.export_head, task.export_labels(),
+        task.export_head, task.export_labels(), getattr(task, "pooling", None),
+        session.config.data.max_seq_length,
     )  # fmt: skip
 
 
@@ -180,6 +186,12 @@ def export_workdir(workdir: str, output: str, step: int | None = None) -> Export
     """Writes the checkpoint at `step` (newest: None) of `workdir` as an HF folder `output`."""
     restored = restore(workdir, step)
     written = write_folder(restored, output)
-    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(restored.params))
     hf_class = hf_convert.ARCHS[restored.model_config.arch].CLASSES[restored.head]
+    if restored.pooling:
+        written += sentence_transformers.write_modules(
+            output, pooling=restored.pooling, hidden_size=restored.model_config.hidden_size,
+            max_seq_length=restored.max_seq_length,
+        )  # fmt: skip
+        hf_class += " in a sentence-transformers folder"
+    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(restored.params))
     return Exported(step=restored.step, num_params=num_params, files=written, hf_class=hf_class)

@@ -54,7 +54,8 @@ def checkpoint_dir(workdir: epath.Path, step: int | None) -> epath.Path:
     return directory
 
 
-def _mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+def make_mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The mesh of a `--mesh=data,fsdp,tensor` flag (-1: the rest of the devices)."""
     try:
         data, fsdp, tensor = (int(x) for x in mesh_flag.split(","))
     except ValueError:
@@ -100,7 +101,7 @@ def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") ->
         )
         task.tokenizer = tokenizer
         task.pretrained_step = config.get("peft_base", {}).get("step")  # LoRA: its base.
-        device_mesh = _mesh(mesh, config)
+        device_mesh = make_mesh(mesh, config)
         rules = tuple(config.mesh.logical_axis_rules)
         tx, schedule = make_optimizer(
             config.optimizer, config.num_train_steps, model_config.num_hidden_layers
