@@ -16,7 +16,7 @@ def get_config(task: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     c.init_from = ""  # Pretraining workdir (newest checkpoint + tokenizer); empty: random init.
-    c.task = task  # What is trained: classification | regression | tagging | qa.
+    c.task = task  # What is trained: classification | regression | tagging | qa | retrieval.
     c.seed = 0  # Seeds the head's init, the data order and dropout.
     c.num_train_steps = 1000  # Optimizer steps (GLUE: ~3 epochs, e.g. SST-2 67k/32*3 = 6.3k).
     c.global_batch_size = 32  # Examples per optimizer step, all devices and microbatches.
@@ -27,7 +27,7 @@ def get_config(task: str) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500  # Async orbax save every this many steps, and at the end.
     c.keep_checkpoints = 2  # Newest checkpoints kept in WORKDIR/checkpoints.
     # Metric that picks the checkpoint kept in WORKDIR/best (higher is better); empty: the
-    # task's own (eval_accuracy, eval_pearson, eval_entity_f1, eval_f1).
+    # task's own (eval_accuracy, eval_pearson, eval_entity_f1, eval_f1, eval_ndcg_at_10).
     c.best_metric = ""
     c.dtype = "bfloat16"  # Compute dtype: 'bfloat16' | 'float32'. Parameters stay float32.
     c.max_bad_steps = 0  # Non-finite steps skipped (update dropped) before the run stops.
