@@ -33,5 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.retrieval.temperature = 0.05  # Softmax temperature of the scores (scale 1 / 0.05 = 20).
     c.retrieval.learn_temperature = False  # Learn it (from `temperature`; scale capped at 100).
     c.retrieval.symmetric = False  # Also score each positive against every query, averaged.
+    # Embed the batch in this many chunks under remat (GradCache's memory, the same loss and
+    # gradient: only embeddings are kept); grad_accum_steps would lose the global negatives.
+    c.retrieval.embed_chunks = 1
     c.lock()
     return c

@@ -25,6 +25,7 @@ import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from data_pipeline.errors import ConfigError, DataError, MissingInputError
 from data_pipeline.order import PaddedEvalBatches, ShuffledBatches, TokenBatcher
@@ -121,11 +122,13 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             fields = line.rstrip("\r\n").split("\t")
-            if not line.strip() or (number == 1 and fields[-1].strip() == "score"):
-                continue  # The header.
+            if not line.strip():
+                continue
             try:
                 query, doc, score = fields[0].strip(), fields[1].strip(), int(fields[2])
             except (IndexError, ValueError):
+                if number == 1:
+                    continue  # The header (BEIR's is query-id, corpus-id, score).
                 raise DataError(
                     f"{path}, line {number}: expected query-id<TAB>corpus-id<TAB>integer score."
                 ) from None
@@ -249,6 +252,13 @@ def train_batches(
     have = min(len(n) for n in pairs.negatives)
     if num_negatives < 0:
         num_negatives = have
+        if max(len(n) for n in pairs.negatives) > have:
+            logging.warning(
+                "%s: rows have different numbers of negatives; each uses its first "
+                "%d (set data.num_negatives to choose).",
+                pairs.source,
+                have,
+            )
     elif num_negatives > have:
         i = next(i for i, n in enumerate(pairs.negatives) if len(n) < num_negatives)
         raise DataError(

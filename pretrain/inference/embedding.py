@@ -34,6 +34,7 @@ _ZERO_SHOT = {
     "temperature": 0.05,
     "learn_temperature": False,
     "symmetric": False,
+    "embed_chunks": 1,
 }
 
 

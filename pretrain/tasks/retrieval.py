@@ -11,7 +11,10 @@ Global negatives: the loss is a function of the whole global batch's [B, H] embe
 jit with the batch sharded over the data axes, the score matrix `q @ d.T` is [B, B * G] of the
 global arrays, so XLA gathers the embeddings across the devices (and hosts) itself: every query
 sees every passage of the global batch, as on one device (tests/test_retrieval.py). A
-microbatch would see only its own rows, so `grad_accum_steps` must be 1 here.
+microbatch would see only its own rows, so `grad_accum_steps` must be 1 here; when the batch's
+activations do not fit, `retrieval.embed_chunks` embeds it in chunks under remat instead (as
+GradCache: only the embeddings are kept, each chunk's forward is recomputed for its backward),
+which leaves the loss and its gradient unchanged.
 
 Eval: the eval queries and the corpus are embedded in one eval pass, then searched exactly on the
 devices and scored with BEIR's metrics (`retrieval_metrics.py`); WORKDIR/best keeps the best
@@ -65,7 +68,12 @@ class RetrievalTask(FinetuningTask):
             raise ConfigError(
                 f"config.grad_accum_steps={config.grad_accum_steps}: the retrieval loss takes "
                 "its negatives from the whole global batch, which a microbatch does not see; use "
-                "grad_accum_steps=1 (spread a large batch over more devices instead)."
+                "grad_accum_steps=1 and retrieval.embed_chunks to bound activation memory."
+            )
+        if r.embed_chunks < 1 or config.global_batch_size % r.embed_chunks:
+            raise ConfigError(
+                f"config.retrieval.embed_chunks={r.embed_chunks} must be >= 1 and divide "
+                f"global_batch_size={config.global_batch_size}."
             )
         names = tuple(f"eval_{m}" for m in retrieval_metrics.METRICS)
         if config.best_metric and config.best_metric not in names:
@@ -116,24 +124,21 @@ class RetrievalTask(FinetuningTask):
     def loss_weights(self, batch: Batch) -> Sums:
         return {"examples": jnp.maximum(batch["example_weight"].sum(), 1.0)}
 
+    def _embed(self, model: SentenceEmbedder, ids: jax.Array, mask: jax.Array, rngs) -> jax.Array:
+        """[N, ..., S] -> [N, ..., H]; with `embed_chunks` k > 1, rows c, c + k, ... (each
+        device's rows in every chunk, as the step's microbatches) are embedded under remat."""
+        k, deterministic = self.config.retrieval.embed_chunks, rngs is None
+        if k == 1:
+            return model(ids, mask, deterministic=deterministic, rngs=rngs)
+        run = nnx.remat(lambda m, i, x, r: m(i, x, deterministic=deterministic, rngs=r))
+        parts = [run(model, ids[c::k], mask[c::k], rngs) for c in range(k)]
+        return jnp.stack(parts, axis=1).reshape(ids.shape[0], *parts[0].shape[1:])
+
     def loss_sums(self, model: SentenceEmbedder, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
-        deterministic = rngs is None
-        q = model(
-            batch["query_input_ids"],
-            batch["query_input_mask"],
-            deterministic=deterministic,
-            rngs=rngs,
-        )  # fmt: skip  [B, H]
-        d = model(
-            batch["doc_input_ids"], batch["doc_input_mask"], deterministic=deterministic, rngs=rngs
-        )  # fmt: skip  [B, G, H]
-        return contrastive_sums(
-            q,
-            d,
-            batch["example_weight"],
-            self.scale(model),
-            symmetric=self.config.retrieval.symmetric,
-        )
+        q = self._embed(model, batch["query_input_ids"], batch["query_input_mask"], rngs)  # [B, H]
+        d = self._embed(model, batch["doc_input_ids"], batch["doc_input_mask"], rngs)  # [B, G, H]
+        scale, symmetric = self.scale(model), self.config.retrieval.symmetric
+        return contrastive_sums(q, d, batch["example_weight"], scale, symmetric=symmetric)
 
     def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
         return {
