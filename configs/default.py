@@ -83,7 +83,10 @@ def model_config() -> ml_collections.ConfigDict:
     c.global_rope_theta = 160_000.0  # ModernBERT: rotary base of the global layers.
     c.local_rope_theta = 10_000.0  # ModernBERT: rotary base of the local layers.
     c.classifier_pooling = "cls"  # ModernBERT classifiers: 'cls' | 'mean' (real tokens).
-    c.attention_impl = "xla"  # 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'einsum'.
+    # 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'einsum' | 'splash' (TPU) | 'pallas_gpu'.
+    c.attention_impl = "xla"
+    c.splash_block_q = 512  # Splash query / key blocks (clamped to, and must divide, the length).
+    c.splash_block_kv = 512
     c.remat_policy = "none"  # 'none' | 'full' | 'dots' (save matmuls, recompute the rest).
     return c
 

@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from pretrain.hf import convert as hf_convert
-from pretrain.models import heads, layers, modernbert
+from pretrain.models import attention, heads, modernbert
 from pretrain.models.config import EncoderConfig
 
 torch = pytest.importorskip("torch")
@@ -203,8 +203,8 @@ def test_attention_with_windows_and_documents_matches_reference(impl, window):
         vocab_size=10, hidden_size=16, num_hidden_layers=1, num_attention_heads=n,
         intermediate_size=16, dtype=jnp.float32, attention_impl=impl,
     )  # fmt: skip
-    got = layers.attend(
-        cfg, q, k, v, layers.AttentionMask(jnp.asarray(mask), jnp.asarray(documents)),
+    got = attention.attend(
+        cfg, q, k, v, attention.AttentionMask(jnp.asarray(mask), jnp.asarray(documents)),
         nnx.Dropout(0.0), deterministic=True, rngs=None, window=window,
     )  # fmt: skip
     expected = reference_attention(q, k, v, mask, documents, window)
@@ -246,7 +246,7 @@ def test_local_layers_see_only_their_window():
     ids = np.random.default_rng(5).integers(3, 97, (1, S)).astype(np.int32)
     x = encoder.embeddings(jnp.asarray(ids), deterministic=True, rngs=None).astype(jnp.float32)
     aux = {
-        "mask": layers.AttentionMask(jnp.ones((1, S), jnp.int32)),
+        "mask": attention.AttentionMask(jnp.ones((1, S), jnp.int32)),
         "rope_global": None,
         "rope_local": modernbert.rotary_tables(
             jnp.arange(S)[None], cfg.head_dim, cfg.local_rope_theta

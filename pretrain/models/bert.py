@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from data_pipeline.errors import ConfigError
-from pretrain.models import layers
+from pretrain.models import attention, layers
 from pretrain.models.config import EncoderConfig
 
 
@@ -83,7 +83,7 @@ class BertLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(
-        self, x: jax.Array, mask: layers.AttentionMask, *, deterministic: bool, rngs
+        self, x: jax.Array, mask: attention.AttentionMask, *, deterministic: bool, rngs
     ) -> jax.Array:
         """x [B, S, H] -> [B, S, H]."""
         h = self.attention(x, mask, deterministic=deterministic, rngs=rngs)  # [B, S, H]
@@ -124,7 +124,7 @@ class BertEncoder(nnx.Module):
         x = self.embeddings(
             input_ids, segment_ids, positions, deterministic=deterministic, rngs=rngs
         )
-        mask = layers.AttentionMask(input_mask, document_ids)
+        mask = attention.AttentionMask(input_mask, document_ids)
         return layers.apply_layers(
             self.cfg, self.layers, x, mask, deterministic=deterministic, rngs=rngs
         )

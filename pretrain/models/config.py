@@ -19,7 +19,7 @@ from data_pipeline.errors import ConfigError
 ARCHS = ("bert", "modernbert")
 HIDDEN_ACTS = ("gelu", "gelu_tanh")
 POOLINGS = ("cls", "mean")
-ATTENTION_IMPLS = ("xla", "cudnn", "einsum")
+ATTENTION_IMPLS = ("xla", "cudnn", "einsum", "splash", "pallas_gpu")
 REMAT_POLICIES = ("none", "full", "dots")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -51,6 +51,8 @@ _SIZES = (
     "type_vocab_size",
     "global_attn_every_n_layers",
     "local_attention",
+    "splash_block_q",
+    "splash_block_kv",
 )
 
 
@@ -84,7 +86,12 @@ class EncoderConfig:
     # dropout is active (rate > 0, deterministic=False) 'xla' runs the 'einsum' path (the same math
     # plus dropout), and 'cudnn' requires attention_probs_dropout_prob == 0 (checked below).
     # 'cudnn' masks padding by sequence length, so input_mask must be 1s followed by 0s.
+    # 'splash' (TPU Splash) and 'pallas_gpu' (GPU Triton flash) run in Pallas interpret mode on
+    # other platforms; models/attention.py says which masks each path takes. Splash's query / key
+    # block sizes are clamped to the sequence length, which they must divide.
     attention_impl: str = "xla"
+    splash_block_q: int = 512
+    splash_block_kv: int = 512
     remat_policy: str = "none"  # 'none' | 'full' | 'dots' (keep matmul outputs, recompute rest).
 
     def __post_init__(self):
@@ -124,6 +131,11 @@ class EncoderConfig:
         _check_choice("model.remat_policy", self.remat_policy, REMAT_POLICIES)
         _check_choice("dtype", self.dtype.name, COMPUTE_DTYPES)
         _check_choice("param_dtype", self.param_dtype.name, COMPUTE_DTYPES)
+        if self.splash_block_q % 128 or self.splash_block_kv % 128:
+            raise ConfigError(
+                f"model.splash_block_q={self.splash_block_q} and model.splash_block_kv="
+                f"{self.splash_block_kv} must be multiples of 128 (the TPU's lane width)."
+            )
         if self.attention_impl == "cudnn" and self.attention_probs_dropout_prob > 0:
             raise ConfigError(
                 "model.attention_impl='cudnn' has no attention dropout: set "

@@ -1,5 +1,5 @@
 """Building blocks shared by the encoders: initializers with logical axes, dense and norm layers,
-and multi-head attention over a mask.
+and BERT's multi-head self-attention (its mask rule and kernels: `models/attention.py`).
 
 Every parameter is created through `param_init`, which records its logical axis names as Flax
 NNX sharding metadata (`nnx.with_partitioning`); `pretrain/training/sharding.py` maps them to mesh
@@ -17,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from pretrain.models import attention
 from pretrain.models.config import EncoderConfig
 
 
@@ -100,32 +99,6 @@ def activation(cfg: EncoderConfig, x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=cfg.hidden_act == "gelu_tanh")
 
 
-@flax.struct.dataclass
-class AttentionMask:
-    """Which keys each query may attend to: real tokens, of the same document (packed rows).
-
-    A sliding window, when a layer has one, is added by `allowed`.
-    """
-
-    input_mask: jax.Array  # [B, S] int: 1 for real tokens, 0 for padding.
-    document_ids: jax.Array | None = None  # [B, S] int: packed rows' document of each token.
-
-    def allowed(self, window: int | None = None) -> jax.Array:
-        """bool [B, 1, 1, S] (padding only) or [B, 1, S, S]: key j is visible from query i."""
-        keys = self.input_mask.astype(jnp.bool_)[:, None, None, :]  # [B, 1, 1, S]
-        if self.document_ids is None and window is None:
-            return keys
-        seq = self.input_mask.shape[1]
-        allowed = jnp.broadcast_to(keys, (keys.shape[0], 1, seq, seq))
-        if self.document_ids is not None:
-            docs = self.document_ids
-            allowed = allowed & (docs[:, None, :, None] == docs[:, None, None, :])
-        if window is not None:
-            offset = jnp.arange(seq)[:, None] - jnp.arange(seq)[None, :]
-            allowed = allowed & (jnp.abs(offset) <= window)[None, None]
-        return allowed
-
-
 class SelfAttention(nnx.Module):
     """BERT's multi-head self-attention over the keys a mask allows, then the output projection."""
 
@@ -160,60 +133,15 @@ class SelfAttention(nnx.Module):
         self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
     def __call__(
-        self, x: jax.Array, mask: AttentionMask, *, deterministic: bool, rngs
+        self, x: jax.Array, mask: attention.AttentionMask, *, deterministic: bool, rngs
     ) -> jax.Array:
         """x [B, S, H] -> [B, S, H]."""
         run = dict(deterministic=deterministic, rngs=rngs)
         q, k, v = (project(m, x, **run) for m in (self.query, self.key, self.value))  # [B,S,N,D]
-        y = attend(self.cfg, q, k, v, mask, self.dropout, deterministic=deterministic, rngs=rngs)
-        return project(self.output, y, **run)  # [B, S, H]
-
-
-def attend(
-    cfg: EncoderConfig,
-    q: jax.Array,
-    k: jax.Array,
-    v: jax.Array,
-    mask: AttentionMask,
-    dropout: nnx.Dropout,
-    *,
-    deterministic: bool,
-    rngs,
-    window: int | None = None,
-) -> jax.Array:
-    """Softmax(q k^T / sqrt(D)) v over the keys `mask` allows: [B, S, N, D] -> [B, S, N, D].
-
-    `cfg.attention_impl` picks the kernel; with attention dropout active only the einsum path
-    can apply it, so it runs whatever the setting. cuDNN: padding alone is given as sequence
-    lengths (its fused flash kernel); documents of packed rows and sliding windows as a dense
-    mask, which cuDNN applies as a bias (jax's cuDNN call has no bidirectional window).
-    """
-    dropout_active = not deterministic and cfg.attention_probs_dropout_prob > 0
-    if cfg.attention_impl == "einsum" or dropout_active:
-        return _einsum_attention(cfg, q, k, v, mask.allowed(window), dropout, deterministic, rngs)
-    if cfg.attention_impl == "cudnn" and mask.document_ids is None and window is None:
-        # BERT padding is a suffix. A fully padded row (eval padding) keeps one key so its
-        # output stays finite.
-        lengths = jnp.maximum(jnp.sum(mask.input_mask, axis=-1, dtype=jnp.int32), 1)  # [B]
-        return jax.nn.dot_product_attention(
-            q, k, v, key_value_seq_lengths=lengths, implementation="cudnn"
+        y = attention.attend(
+            self.cfg, q, k, v, mask, self.dropout, deterministic=deterministic, rngs=rngs
         )
-    # The XLA path computes scores in float32 and the softmax in float32 for bf16 inputs.
-    implementation = "cudnn" if cfg.attention_impl == "cudnn" else "xla"
-    return jax.nn.dot_product_attention(
-        q, k, v, mask=mask.allowed(window), implementation=implementation
-    )
-
-
-def _einsum_attention(cfg, q, k, v, allowed, dropout, deterministic, rngs) -> jax.Array:
-    """Reference attention with the softmax in float32 and dropout on the probabilities."""
-    scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32)
-    scores *= 1.0 / np.sqrt(cfg.head_dim)  # [B, N, S, S]
-    # A large finite negative (not -inf) keeps fully padded rows finite (uniform weights).
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = dropout(probs, deterministic=deterministic, rngs=rngs)
-    return jnp.einsum("bnts,bsnd->btnd", probs.astype(cfg.dtype), v)  # [B, S, N, D]
+        return project(self.output, y, **run)  # [B, S, H]
 
 
 REMAT_POLICIES = {

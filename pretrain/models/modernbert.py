@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from data_pipeline.errors import ConfigError
-from pretrain.models import layers
+from pretrain.models import attention, layers
 from pretrain.models.config import EncoderConfig
 
 
@@ -106,7 +106,7 @@ class ModernBertAttention(nnx.Module):
         q = apply_rotary(layers.project(self.query, x, **run), table)  # [B, S, N, D]
         k = apply_rotary(layers.project(self.key, x, **run), table)
         window = None if self.is_global else self.cfg.local_attention // 2
-        y = layers.attend(
+        y = attention.attend(
             self.cfg, q, k, layers.project(self.value, x, **run), aux["mask"], self.dropout,
             deterministic=deterministic, rngs=rngs, window=window,
         )  # fmt: skip
@@ -196,7 +196,7 @@ class ModernBertEncoder(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(seq_len), input_ids.shape)
         d = self.cfg.head_dim
         aux = {
-            "mask": layers.AttentionMask(input_mask, document_ids),
+            "mask": attention.AttentionMask(input_mask, document_ids),
             "rope_global": rotary_tables(positions, d, self.cfg.global_rope_theta),
             "rope_local": rotary_tables(positions, d, self.cfg.local_rope_theta),
         }

@@ -65,6 +65,7 @@ RESUMABLE_KEYS = (
     "mesh.*",
     "benchmark.*",
     "model.attention_impl",
+    "model.splash_block_*",
     "model.remat_policy",
     "model.hidden_dropout_prob",
     "model.attention_probs_dropout_prob",
