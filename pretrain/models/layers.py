@@ -14,7 +14,9 @@ Shape letters: B batch, S sequence, H hidden (embed), N heads, D head dim, I int
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -151,6 +153,29 @@ REMAT_POLICIES = {
 }
 
 
+# How [B, S, H] activations between layers are sharded: set by the step builder while it traces
+# (`training/steps.py`: the batch's sharding), None elsewhere. Without it, XLA may keep the whole
+# batch on every chip and split H like the FSDP-sharded weights, then all-reduce activations.
+_ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar(
+    "activation_sharding", default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(sharding: jax.sharding.Sharding | None) -> Iterator[None]:
+    """Within the block, `apply_layers` constrains its activations to `sharding`."""
+    token = _ACTIVATION_SHARDING.set(sharding)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def _constrain(x: jax.Array) -> jax.Array:
+    sharding = _ACTIVATION_SHARDING.get()
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
 def _apply_layer(layer: nnx.Module, x: jax.Array, aux: Any, deterministic: bool, rngs):
     return layer(x, aux, deterministic=deterministic, rngs=rngs)
 
@@ -167,6 +192,7 @@ def apply_layers(
         apply = nnx.remat(
             _apply_layer, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=(3,)
         )
+    x = _constrain(x)
     for layer in layers:
-        x = apply(layer, x, aux, deterministic, rngs)  # [B, S, H]
+        x = _constrain(apply(layer, x, aux, deterministic, rngs))  # [B, S, H]
     return x

@@ -26,6 +26,7 @@ import optax
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pretrain.models import layers
 from pretrain.models.params import path_parts
 from pretrain.tasks.base import Task
 from pretrain.training import sharding
@@ -143,8 +144,12 @@ def train_step(
     tx: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int,
+    activation_sharding: NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on a global batch, accumulated over `grad_accum_steps` microbatches."""
+    """One optimizer step on a global batch, accumulated over `grad_accum_steps` microbatches.
+
+    `activation_sharding` (the batch's) keeps the layers' activations split over the batch.
+    """
     weights = task.loss_weights(batch)  # Whole-batch denominators, before any forward pass.
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
 
@@ -154,7 +159,8 @@ def train_step(
         return task.metrics(sums, weights)["loss"], sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    sums, grads = accumulate_gradients(grad_fn, state.params, batch, grad_accum_steps, step_key)
+    with layers.activation_sharding(activation_sharding):
+        sums, grads = accumulate_gradients(grad_fn, state.params, batch, grad_accum_steps, step_key)
     metrics = task.metrics(sums, weights)
     new_state, grad_norm = apply_finite_update(state, grads, metrics["loss"], tx)
     metrics["learning_rate"] = applied_learning_rate(state, schedule)
@@ -163,10 +169,16 @@ def train_step(
 
 
 def eval_step(
-    params: nnx.State, batch: dict[str, jax.Array], *, task: Task, graphdef: nnx.GraphDef
+    params: nnx.State,
+    batch: dict[str, jax.Array],
+    *,
+    task: Task,
+    graphdef: nnx.GraphDef,
+    activation_sharding: NamedSharding | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """(sums, per-example outputs) of one eval batch, replicated so every process has all rows."""
-    return task.eval_step(nnx.merge(graphdef, params), batch)
+    with layers.activation_sharding(activation_sharding):
+        return task.eval_step(nnx.merge(graphdef, params), batch)
 
 
 def freeze(tx: optax.GradientTransformation, frozen: Callable[[tuple[str, ...]], bool]):
@@ -278,6 +290,7 @@ def build_steps(
         tx=tx,
         schedule=schedule,
         grad_accum_steps=grad_accum_steps,
+        activation_sharding=batch_sharding,
     )
     return Steps(
         mesh=mesh,
@@ -292,7 +305,9 @@ def build_steps(
             donate_argnums=0,
         ),
         eval_step=jax.jit(
-            functools.partial(eval_step, task=task, graphdef=graphdef),
+            functools.partial(
+                eval_step, task=task, graphdef=graphdef, activation_sharding=batch_sharding
+            ),
             in_shardings=(shardings.params, batch_sharding),
             out_shardings=replicated,
         ),
