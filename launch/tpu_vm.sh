@@ -4,6 +4,8 @@
 #   export TPU_NAME=bert-pod ZONE=us-central2-b ACCELERATOR_TYPE=v4-32  # PROJECT, SPOT=1 optional
 #   launch/tpu_vm.sh create      # the slice (SPOT=1: preemptible capacity; RUNTIME_VERSION)
 #   launch/tpu_vm.sh install     # this checkout (its last commit) + jax[tpu] on every host
+#   launch/tpu_vm.sh plan --config=configs/base.py [--config.KEY=VALUE ...]   # here, no TPU:
+#                                # compiles the step for ACCELERATOR_TYPE (fits? how fast?)
 #   launch/tpu_vm.sh run gs://BUCKET/run --config=configs/base.py [--config.KEY=VALUE ...]
 #   launch/tpu_vm.sh logs        # follow host 0's output (~/train.log on each host)
 #   launch/tpu_vm.sh stop        # SIGTERM on every host: all save the same step and exit 0
@@ -15,9 +17,14 @@
 # slice of any size.
 set -euo pipefail
 
-if [[ ! ${1:-} =~ ^(create|install|run|logs|stop|delete)$ ]]; then
+if [[ ! ${1:-} =~ ^(create|install|plan|run|logs|stop|delete)$ ]]; then
   sed -n '2,/^set /p' "$0" | sed '$d' >&2
   exit 2
+fi
+if [[ $1 == plan ]]; then # On this machine (pip install -e ".[tpu]"), before paying for hosts.
+  cd "$(dirname "$0")/.."
+  exec "${PYTHON:-python3}" -m pretrain.plan --topology="${ACCELERATOR_TYPE:?set ACCELERATOR_TYPE}" \
+    ${NUM_SLICES:+--num_slices="$NUM_SLICES"} "${@:2}"
 fi
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 tpu_vm=(gcloud compute tpus tpu-vm)
