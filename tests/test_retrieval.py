@@ -251,7 +251,7 @@ def test_finetune_evaluate_embed_and_export_a_retrieval_model(retrieval_run, pre
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(row) == EVAL_KEYS
     best = max(r["eval_ndcg_at_10"] for r in evals)
-    assert row["eval_ndcg_at_10"] == pytest.approx(best, abs=1e-6)
+    assert row["eval_ndcg_at_10"] == pytest.approx(best, abs=1e-4)  # The best checkpoint.
     assert "worst queries" in (workdir / "eval_beir" / "report.md").read_text()
 
     # Embeddings here (8 devices) and from the exported sentence-transformers folder.
