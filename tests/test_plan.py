@@ -56,6 +56,15 @@ def test_topology_names_count_tensorcores_on_v4_and_v5p_and_chips_elsewhere():
             chips.parse_topology(bad)
 
 
+def test_without_libtpu_the_error_says_how_to_install_it(monkeypatch):
+    real = compiled.importlib.util.find_spec
+    monkeypatch.setattr(
+        compiled.importlib.util, "find_spec", lambda name: None if name == "libtpu" else real(name)
+    )
+    with pytest.raises(compiled.CompilerUnavailableError, match=r'pip install -e "\.\[tpu\]"'):
+        compiled.compile_only_devices(chips.parse_topology("v5e-4"))
+
+
 _HLO = """HloModule jit_step
 
 %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
