@@ -98,14 +98,14 @@ def _jsonl(path: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
             "queries.jsonl and qrels/<split>.tsv."
         )
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {number}: not JSON ({e.msg}).") from None
+                row = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}, line {number}: not UTF-8 JSON ({e}).") from None
             if not isinstance(row, dict) or any(k not in row for k in keys):
                 raise DataError(f"{path}, line {number}: needs the keys {', '.join(keys)}.")
             rows.append(row)
