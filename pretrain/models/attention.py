@@ -247,11 +247,12 @@ def _per_shard(run, q, k, v, seg) -> jax.Array:
     return sharded(q, k, v, seg)
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(
     seq: int, heads: int, window: int | None, block_q: int, block_kv: int, interpret: bool
 ) -> Any:
-    """The Splash kernel of one mask shape (built once: the block masks are computed in numpy)."""
+    """The Splash kernel of one mask shape. Built in each trace, not cached: its block masks
+    become that trace's constants (concrete ones would need a device, which a compile-only TPU
+    mesh, as `pretrain.plan` compiles for, does not have)."""
     block_q, block_kv = min(block_q, seq), min(block_kv, seq)
     if seq % block_q or seq % block_kv:
         raise ConfigError(
@@ -267,8 +268,7 @@ def _splash_kernel(
         block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
         block_q_dq=block_q, block_kv_dq=block_kv,
     )  # fmt: skip
-    with jax.ensure_compile_time_eval():  # Concrete mask arrays, though called while tracing.
-        return splash.make_splash_mha(
-            splash.MultiHeadMask([head_mask] * heads), block_sizes=blocks, head_shards=1,
-            q_seq_shards=1, interpret=interpret,
-        )  # fmt: skip
+    return splash.make_splash_mha(
+        splash.MultiHeadMask([head_mask] * heads), block_sizes=blocks, head_shards=1,
+        q_seq_shards=1, interpret=interpret,
+    )  # fmt: skip
