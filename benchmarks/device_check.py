@@ -3,10 +3,12 @@
 On an accelerator: the device, then `pretrain.benchmark` for BERT-base and ModernBERT-base in
 bfloat16 at sequence 128 and 512, attention `xla` and `cudnn`, remat `none` and `dots`, each at
 the largest global batch that fits (a doubling search on the first combination of a model and
-length, out-of-memory caught; the others start from its batch and halve on out-of-memory), then
-a one-minute pretraining run of configs/mini.py on the sample corpus, stopped by SIGTERM (which
-saves and exits 0). `--dry_run` runs the same sequence on the CPU with tiny shapes (cuDNN lines
-are reported as skipped there). Every result is one JSON line on stdout and in OUT/results.jsonl.
+length, out-of-memory caught; the others start from its batch and halve on out-of-memory), every
+attention path on every mask kind (benchmarks/attention_paths.py), then a one-minute pretraining
+run of configs/mini.py on the sample corpus, stopped by SIGTERM (which saves and exits 0).
+`--dry_run` runs the same sequence on the CPU with tiny shapes (cuDNN lines are reported as
+skipped there; the Pallas kernels run interpreted). Every result is one JSON line on stdout and
+in OUT/results.jsonl.
 """
 
 from __future__ import annotations
@@ -119,6 +121,23 @@ def sweep(a, report: Report, tokenizer: Path) -> None:
                     report.line(**common, batch=size, **result)
 
 
+def attention_paths(a, report: Report) -> None:
+    """benchmarks/attention_paths.py: each attention path x mask kind, forward and backward, at
+    ModernBERT-base's heads (sequence 1024 and 8192; a dry run: 256, two masks, interpreted)."""
+    size = (
+        ["--dry_run", "--masks", "documents", "documents+window"]
+        if a.dry_run
+        else ["--seq", "1024", "8192"]
+    )
+    code, out, err = _run(["benchmarks/attention_paths.py", *size], timeout=300)
+    for line in out.splitlines():
+        if line.startswith("{"):
+            report.line(**json.loads(line))
+    if code != 0:
+        last = (err.strip().splitlines() or ["?"])[-1][:300]
+        report.line(check="attention", status="error", error=last)
+
+
 def pretrain_minute(a, report: Report, tokenizer: Path) -> None:
     """configs/mini.py on the sample corpus for `seconds` after its first step, then SIGTERM."""
     workdir = a.out / "mini"
@@ -209,6 +228,7 @@ def check(a: argparse.Namespace) -> None:
             report.line(check="tokenizer", status="error", error=err[-300:])
             sys.exit(1)
     sweep(a, report, tokenizer)
+    attention_paths(a, report)
     pretrain_minute(a, report, tokenizer)
 
 

@@ -7,8 +7,9 @@
 # when JAX already sees a GPU), sets the XLA flags that matter on GPUs, then runs
 # benchmarks/device_check.py: the device, pretrain.benchmark for BERT-base and ModernBERT-base
 # (bfloat16, sequence 128 and 512, attention xla / cudnn, remat none / dots, the largest batch
-# that fits), and a one-minute pretraining run of configs/mini.py. Every result is one JSON line
-# on stdout and in DIR/results.jsonl (default DIR: a fresh temporary folder, named on stderr at
+# that fits), every attention path x mask kind (benchmarks/attention_paths.py), and a one-minute
+# pretraining run of configs/mini.py. Every result is one JSON line on stdout and in
+# DIR/results.jsonl (default DIR: a fresh temporary folder, named on stderr at
 # the end; a relative DIR is taken from where the script is called). --dry_run: the same
 # sequence on the CPU with tiny shapes, in about two minutes (CI runs it). docs/performance.md
 # says what each line means.
