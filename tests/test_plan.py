@@ -94,6 +94,24 @@ def test_collectives_are_read_from_the_hlo_with_loop_counts_and_slices():
     assert totals["all-to-all"].count == totals["collective-permute"].count == 0
 
 
+_TWO_SLICES = """HloModule jit_step, num_partitions=2
+
+ENTRY %main (a: f32[16]) -> f32[16] {
+  %a = f32[16]{0} parameter(0)
+  %ar = f32[16]{0} all-reduce(%a), replica_groups={{0,1}}, to_apply=%add
+  %send = (f32[16]{0}, u32[], token[]) send(%ar, %t), frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+}
+"""  # noqa: E501
+
+
+def test_a_program_for_two_slices_sends_across_them_over_dcn():
+    # One slice's program (2 partitions) of a 4-chip, 2-slice mesh: its all-reduce stays in the
+    # slice; the megascale send is the cross-slice part.
+    totals = collectives.collectives(_TWO_SLICES, [0, 0, 1, 1])["all-reduce"]
+    assert (totals.count, totals.bytes) == (2, 128)
+    assert (totals.traffic_bytes, totals.dcn_traffic_bytes) == (64, 64)
+
+
 def test_train_step_flops_agree_with_the_formula_and_the_record_has_the_contract(smoke_plans):
     record = smoke_plans[4]
     assert set(planner.RECORD_KEYS) <= set(record)

@@ -31,6 +31,10 @@ _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*?)\s+([a-z][\w\-]*)\((.*)$")
 _ARRAY = re.compile(r"\b([a-z]+\d*(?:e\d+m\d+\w*)?)\[([\d,]*)\]")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+# Across slices the TPU compiler sends through the megascale runtime (DCN) instead.
+_MEGASCALE = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
+_MEGASCALE_KINDS = {"ALL_REDUCE": "all-reduce", "ALL_GATHER": "all-gather",
+                    "REDUCE_SCATTER": "reduce-scatter", "ALL_TO_ALL": "all-to-all"}  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -63,7 +67,7 @@ def _groups(attributes: str, num_devices: int) -> list[list[int]]:
     if named:  # mesh['axis_0'=2,'axis_1'=4] {'axis_1'}: groups along the named axes.
         axes = re.findall(r"'([^']+)'=(\d+)", named.group(1))
         chosen = [i for i, (a, _) in enumerate(axes) if f"'{a}'" in named.group(2)]
-        ids = np.arange(num_devices).reshape([int(n) for _, n in axes])
+        ids = np.arange(math.prod(int(n) for _, n in axes)).reshape([int(n) for _, n in axes])
         rest = [i for i in range(len(axes)) if i not in chosen]
         grouped = ids.transpose(rest + chosen)
         return grouped.reshape(-1, math.prod(int(axes[i][1]) for i in chosen)).tolist()
@@ -136,14 +140,28 @@ def _executions(computations: dict, calls: dict) -> dict[str, int]:
 def collectives(hlo_text: str, slice_of_device: Sequence[int]) -> dict[str, KindTotals]:
     """Totals by kind (all of KINDS, zeros included) of a program's collectives.
 
-    `slice_of_device[p]` is the slice of partition p (the mesh's flat device order).
+    `slice_of_device[p]` is the slice of partition p (the mesh's flat device order). A program
+    for several slices is one slice's (its partitions are one slice's chips); what crosses to
+    the other slices are its megascale sends, counted as DCN traffic.
     """
     computations, calls = _parse(hlo_text)
     runs = _executions(computations, calls)
     starts = {name: rest for insts in computations.values() for name, _, _, rest in insts}
+    num_slices = len(set(slice_of_device))
+    partitions = re.search(r"num_partitions=(\d+)", hlo_text)
+    if partitions and int(partitions.group(1)) != len(slice_of_device):
+        slice_of_device = [0] * int(partitions.group(1))
     totals = {kind: KindTotals() for kind in KINDS}
     for computation, instructions in computations.items():
         for _, shape, opcode, rest in instructions:
+            times = max(runs.get(computation, 1), 1)
+            megascale = _MEGASCALE.search(rest) if opcode == "send" else None
+            if megascale and megascale.group(1) in _MEGASCALE_KINDS:
+                kind = _MEGASCALE_KINDS[megascale.group(1)]
+                dtype, dims = _ARRAY.findall(shape)[0]
+                nbytes = _array_bytes(f"{dtype}[{dims}]")
+                totals[kind].add(times, nbytes, _traffic(kind, nbytes, num_slices), True)
+                continue
             kind = opcode.removesuffix("-done")
             if kind not in KINDS or opcode.endswith("-start"):
                 continue
@@ -155,5 +173,5 @@ def collectives(hlo_text: str, slice_of_device: Sequence[int]) -> dict[str, Kind
             nbytes = _array_bytes(shape)
             crosses = any(len({slice_of_device[p] for p in g}) > 1 for g in groups)
             traffic = _traffic(kind, nbytes, max(len(g) for g in groups))
-            totals[kind].add(max(runs.get(computation, 1), 1), nbytes, traffic, crosses)
+            totals[kind].add(times, nbytes, traffic, crosses)
     return totals
