@@ -202,7 +202,10 @@ def _recommend(points: list[dict], chip: chips.Chip) -> dict[str, Any]:
     fitting = [p for p in points if p["fits"]]
     if fitting:
         return {"best": max(fitting, key=lambda p: p["estimated_tokens_per_sec"]), "reason": ""}
-    if points and all(p["flops_per_chip"] is None for p in points):
+    if not points:
+        return {"best": None, "reason": "no point to compile: every per-chip batch must be a "
+                "multiple of grad_accum_steps, and a mesh must divide the chips"}  # fmt: skip
+    if all(p["flops_per_chip"] is None for p in points):
         least = min(p["state_bytes"] for p in points) / chips.GiB
         hbm = chip.hbm_bytes / chips.GiB
         why = (f"parameters and optimizer state alone need {least:.2f} GiB per chip on the "
