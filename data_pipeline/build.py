@@ -40,7 +40,7 @@ import uuid
 
 from etils import epath
 
-from data_pipeline import integrity, records, shards
+from data_pipeline import integrity, loader, records, shards
 from data_pipeline.errors import ConfigError, DataError, UserError
 
 
@@ -165,15 +165,8 @@ def main(argv: list[str]) -> int:
     args, beam_args = _parser().parse_known_args(argv)
     start = time.perf_counter()
     try:
-        recipe = shards.Recipe(
-            objective=args.objective,
-            max_seq_length=args.max_seq_length,
-            short_seq_prob=args.short_seq_prob,
-            random_next_prob=args.random_next_prob,
-            dupe_factor=args.dupe_factor,
-            seed=args.seed,
-            text_feature=args.text_feature,
-        )
+        # The same recipe (and checks) as a run that builds its own data.
+        recipe = loader.recipe({**vars(args), "tfds_text_feature": args.text_feature}, args.seed)
         unit_bytes = int(args.unit_mb * 2**20)
         if args.repair and not args.verify:
             raise ConfigError("--repair goes with --verify: add --verify")

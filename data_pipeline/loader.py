@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -162,20 +164,19 @@ class EvalLoader(PaddedEvalBatches, _Batcher):
         super().__init__(data, vocab, **kwargs)
 
 
-def recipe(data_config, seed: int) -> shards.Recipe:
-    """The build recipe of `config.data` (what its shards depend on)."""
+def recipe(data_config: Mapping[str, Any], seed: int) -> shards.Recipe:
+    """The build recipe of `config.data` (what its shards depend on); `build.py` passes its
+    flags under the same names."""
     c = data_config
     for name in ("short_seq_prob", "random_next_prob"):
         if not 0.0 <= c[name] <= 1.0:
             raise ConfigError(f"data.{name}={c[name]} must be a probability in [0, 1]")
+    fields = ("max_seq_length", "short_seq_prob", "random_next_prob", "dupe_factor")
     return shards.Recipe(
         objective=c.get("objective", "nsp"),
-        max_seq_length=c.max_seq_length,
-        short_seq_prob=c.short_seq_prob,
-        random_next_prob=c.random_next_prob,
-        dupe_factor=c.dupe_factor,
         seed=seed,
-        text_feature=c.tfds_text_feature,
+        text_feature=c["tfds_text_feature"],
+        **{name: c[name] for name in fields},
     )
 
 
