@@ -20,7 +20,10 @@ path, K = 3C its keys.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.struct
@@ -37,6 +40,8 @@ from pretrain.models.config import EncoderConfig
 
 # Padding's segment id in the kernels that take segment ids: never a document's (those are >= 0).
 _PADDING_SEGMENT = -1
+# The mesh the Pallas kernels run per shard of (`kernel_mesh`); None: jax's context mesh.
+_KERNEL_MESH: contextvars.ContextVar = contextvars.ContextVar("kernel_mesh", default=None)
 
 
 @flax.struct.dataclass
@@ -204,19 +209,40 @@ def _pallas_gpu(q, k, v, mask: AttentionMask) -> jax.Array:
     return _per_shard(run, q, k, v, mask.segment_ids())
 
 
+@contextlib.contextmanager
+def kernel_mesh(mesh: jax.sharding.Mesh | None) -> Iterator[None]:
+    """Within the block, the Pallas kernels run per shard of `mesh` (the step builder sets it
+    while it traces, through `layers.activation_sharding`). Without one, jax's context mesh
+    (`jax.set_mesh`) is used, if any."""
+    token = _KERNEL_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _KERNEL_MESH.reset(token)
+
+
+def _mesh() -> jax.sharding.Mesh | jax.sharding.AbstractMesh | None:
+    mesh = _KERNEL_MESH.get()
+    if mesh is None:
+        mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
 def _platform() -> str:
-    """The platform the program is for: the context mesh's (compile-only TPU devices, as
-    `pretrain.plan` uses, included), else the default backend's."""
-    mesh = jax.sharding.get_abstract_mesh()
-    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    """The platform the program is for: the mesh's (compile-only TPU devices, as `pretrain.plan`
+    uses, included), else the default backend's."""
+    mesh = _mesh()
+    if isinstance(mesh, jax.sharding.Mesh):
+        return mesh.devices.flat[0].platform
+    device = getattr(mesh, "abstract_device", None)
     return device.platform if device is not None else jax.default_backend()
 
 
 def _shard_axes(q: jax.Array) -> tuple[tuple[str, ...], str | None]:
-    """(batch axes, head axis) of the context mesh (`jax.set_mesh`) that divide q's batch and
-    heads; ((), None) without a mesh."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    """(batch axes, head axis) of the mesh that divide q's batch and heads; ((), None) without
+    a mesh."""
+    mesh = _mesh()
+    if mesh is None:
         return (), None
     batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
     head_axis = "tensor" if "tensor" in mesh.axis_names else None
@@ -229,7 +255,7 @@ def _shard_axes(q: jax.Array) -> tuple[tuple[str, ...], str | None]:
 
 def _head_shards(q: jax.Array) -> int:
     head_axis = _shard_axes(q)[1]
-    return jax.sharding.get_abstract_mesh().shape[head_axis] if head_axis else 1
+    return _mesh().shape[head_axis] if head_axis else 1
 
 
 def _per_shard(run, q, k, v, seg) -> jax.Array:
@@ -241,8 +267,8 @@ def _per_shard(run, q, k, v, seg) -> jax.Array:
         return run(q, k, v, seg)
     spec = P(batch_axes or None, None, head_axis, None)
     sharded = jax.shard_map(
-        run, in_specs=(spec, spec, spec, P(batch_axes or None, None)), out_specs=spec,
-        check_vma=False,
+        run, mesh=_mesh(), in_specs=(spec, spec, spec, P(batch_axes or None, None)),
+        out_specs=spec, check_vma=False,
     )  # fmt: skip
     return sharded(q, k, v, seg)
 

@@ -163,10 +163,12 @@ _ACTIVATION_SHARDING: contextvars.ContextVar = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def activation_sharding(sharding: jax.sharding.Sharding | None) -> Iterator[None]:
-    """Within the block, `apply_layers` constrains its activations to `sharding`."""
+    """Within the block, `apply_layers` constrains its activations to `sharding`, and the Pallas
+    attention kernels run per shard of its mesh (`attention.kernel_mesh`)."""
     token = _ACTIVATION_SHARDING.set(sharding)
     try:
-        yield
+        with attention.kernel_mesh(getattr(sharding, "mesh", None)):
+            yield
     finally:
         _ACTIVATION_SHARDING.reset(token)
 
