@@ -85,8 +85,8 @@ def model_config() -> ml_collections.ConfigDict:
     c.classifier_pooling = "cls"  # ModernBERT classifiers: 'cls' | 'mean' (real tokens).
     # 'xla' | 'cudnn' (jax.nn.dot_product_attention) | 'einsum' | 'splash' (TPU) | 'pallas_gpu'.
     c.attention_impl = "xla"
-    c.splash_block_q = 512  # Splash query / key blocks (clamped to, and must divide, the length).
-    c.splash_block_kv = 512
+    c.splash_block_q = 512  # Splash query block (clamped to, and must divide, the length).
+    c.splash_block_kv = 512  # Splash key / value block: as splash_block_q, for the keys.
     c.remat_policy = "none"  # 'none' | 'full' | 'dots' (save matmuls, recompute the rest).
     return c
 
