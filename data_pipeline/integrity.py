@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 from concurrent.futures import ThreadPoolExecutor
 
 from etils import epath
 
-from data_pipeline import files, records, shards
+from data_pipeline import files, records
 from data_pipeline.errors import DataError
 
 _THREADS = 8  # Reads in flight for the in-process check (object stores reward parallel reads).
@@ -117,7 +116,7 @@ def require_sound(directory: str) -> Report:
         raise DataError(
             f"{len(result.bad)} of {result.num_shards} shards of {directory} are damaged or "
             f"missing (first: {result.lines()[0]}); repair them, then rerun: "
-            f"{repair_command(directory)}"
+            f"{records.repair_command(directory)}"
         )
     return result
 
@@ -131,27 +130,3 @@ def discard(directory: str, indices: list[int]) -> None:
         ):
             if path.exists():
                 path.unlink()
-
-
-def repair_command(directory: str | epath.PathLike) -> str:
-    """`python -m data_pipeline.build` with the directory's build flags, `--verify --repair`.
-
-    Flags at their defaults are left out; the tokenizer is the copy inside the directory. The
-    input is the `--input` the build was given (run it from the folder the build ran in).
-    """
-    directory = epath.Path(directory)
-    manifest = records.read_manifest(directory)
-    spec = manifest.get("input_spec") or ",".join(
-        i.get("path") or i.get("tfds", "") for i in manifest["inputs"]
-    )
-    tokenizer = directory / (
-        "vocab.txt" if (directory / "vocab.txt").exists() else "tokenizer.model"
-    )
-    flags = [f"--input={spec}", f"--output_dir={directory}", f"--tokenizer_model={tokenizer}"]
-    defaults = dataclasses.asdict(shards.Recipe())
-    flags += [f"--{k}={v}" for k, v in manifest["params"].items() if defaults.get(k) != v]
-    unit_mb = manifest["unit_bytes"] / 2**20  # Exact: the build's int(unit_mb * 2**20) again.
-    if unit_mb != shards.DEFAULT_UNIT_MB:
-        flags.append(f"--unit_mb={int(unit_mb) if unit_mb.is_integer() else unit_mb!r}")
-    words = ["python", "-m", "data_pipeline.build", *flags, "--verify", "--repair"]
-    return " ".join(shlex.quote(w) for w in words)

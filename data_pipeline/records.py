@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,11 +126,9 @@ class BuiltData:
         counts = shard_counts(directory, units)
         missing = [u["index"] for u in units if u["index"] not in counts]
         if missing:
-            from data_pipeline import integrity  # Imported here: it builds on this module.
-
             raise DataError(
                 f"{directory} is incomplete: {len(missing)} of {len(units)} shards missing (first: "
-                f"{shard_name(missing[0])}); build them: {integrity.repair_command(directory)}"
+                f"{shard_name(missing[0])}); build them: {repair_command(directory)}"
             )
         shards = [
             _Shard(str(self.directory / f"{shard_name(i)}.array_record"), 0, n, n)
@@ -161,8 +160,6 @@ class BuiltData:
 
     def _unreadable(self, indices: list[int], error: Exception) -> DataError:
         """The DataError naming the first record of `indices` that cannot be read."""
-        from data_pipeline import integrity  # Imported here: it builds on this module.
-
         for i in indices:  # The batch read failed: find the record, one read at a time.
             try:
                 self._source[i]
@@ -178,5 +175,28 @@ class BuiltData:
         return DataError(
             f"cannot read record {index - self._starts[shard]} of {self._shards[shard].filename}"
             f" ({cause}): the shard is damaged or missing; repair it, then rerun to resume from "
-            f"the newest complete checkpoint: {integrity.repair_command(self.directory)}"
+            f"the newest complete checkpoint: {repair_command(self.directory)}"
         )
+
+
+def repair_command(directory: str | os.PathLike) -> str:
+    """`python -m data_pipeline.build` with the directory's build flags, `--verify --repair`.
+
+    Every recipe flag the manifest records is spelled out (this module sits below the builder
+    and does not know its defaults); the tokenizer is the copy inside the directory, the input
+    the `--input` the build was given (run it from the folder the build ran in).
+    """
+    directory = epath.Path(directory)
+    manifest = read_manifest(directory)
+    spec = manifest.get("input_spec") or ",".join(
+        i.get("path") or i.get("tfds", "") for i in manifest["inputs"]
+    )
+    tokenizer = directory / (
+        "vocab.txt" if (directory / "vocab.txt").exists() else "tokenizer.model"
+    )
+    flags = [f"--input={spec}", f"--output_dir={directory}", f"--tokenizer_model={tokenizer}"]
+    flags += [f"--{k}={v}" for k, v in manifest["params"].items()]
+    unit_mb = manifest["unit_bytes"] / 2**20  # Exact: the build's int(unit_mb * 2**20) again.
+    flags.append(f"--unit_mb={int(unit_mb) if unit_mb.is_integer() else unit_mb!r}")
+    words = ["python", "-m", "data_pipeline.build", *flags, "--verify", "--repair"]
+    return " ".join(shlex.quote(w) for w in words)

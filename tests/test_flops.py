@@ -3,7 +3,7 @@
 import pytest
 
 from configs import default, mini
-from pretrain.perf import flops
+from pretrain.compute import flops
 
 
 def _matmul_flops_by_hand(L, H, I, V, S, P):  # noqa: E741 - the formula's letters.

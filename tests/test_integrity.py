@@ -139,7 +139,7 @@ def test_verify_alone_reports_every_bad_shard_and_changes_nothing(built, tmp_pat
     for index, (harm, _) in enumerate(DAMAGE.values()):
         harm(out / f"shard-{index:05d}.array_record")
     before = _digests(out)
-    argv = _repair_argv(integrity.repair_command(out))[:-1]  # Without --repair.
+    argv = _repair_argv(records.repair_command(out))[:-1]  # Without --repair.
     assert argv[-1] == "--verify"
     capsys.readouterr()
     assert build.main(argv) == 1

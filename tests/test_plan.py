@@ -10,7 +10,8 @@ import pytest
 
 from configs import modernbert_smoke, smoke
 from data_pipeline.errors import ConfigError
-from pretrain.perf import chips, collectives, compiled, planner
+from pretrain.compute import chips
+from pretrain.perf import collectives, compiled, planner
 
 from .cli_utils import run_module
 

@@ -23,7 +23,8 @@ from jax.experimental import topologies
 from jax.sharding import Mesh
 
 from data_pipeline.errors import UserError
-from pretrain.perf import chips, collectives, timing
+from pretrain.compute import chips
+from pretrain.perf import collectives, timing
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import sharding, steps, validation
 

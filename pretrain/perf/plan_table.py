@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pretrain.perf import chips
+from pretrain.compute import chips
 from pretrain.perf.collectives import KINDS
 
 

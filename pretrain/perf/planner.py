@@ -14,7 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from pretrain.perf import chips, compiled, flops, roofline
+from pretrain.compute import chips, flops
+from pretrain.perf import compiled, roofline
 from pretrain.training import sharding
 
 # What every record has (the command's JSON contract).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pretrain.perf.chips import Chip
+from pretrain.compute.chips import Chip
 from pretrain.perf.compiled import Program
 
 

@@ -28,7 +28,7 @@ from etils import epath
 from data_pipeline import documents
 from data_pipeline import loader as data_loader
 from data_pipeline.errors import ConfigError
-from pretrain.perf import flops
+from pretrain.compute import flops
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import sharding, steps, validation
 from pretrain.training.optimizer import make_optimizer

@@ -1,4 +1,4 @@
-"""Tasks of the one training loop (see `base.py` for what a task defines).
+"""Tasks of the one training loop (see `pretrain/training/task.py` for what a task defines).
 
 `FINETUNING_TASKS` maps `config.task` of `python -m pretrain.finetune` to its task class; adding
 a fine-tuning task is one new module and one entry here.

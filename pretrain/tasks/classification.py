@@ -26,9 +26,9 @@ from data_pipeline.tasks import classification as data
 from data_pipeline.tasks.examples import read_examples, skip_header
 from pretrain.models.heads import SequenceClassifier
 from pretrain.tasks import classification_metrics, reporting
-from pretrain.tasks.base import Batch, Sums
 from pretrain.tasks.finetuning import FinetuningTask, load_labels, resolve_model_config, save_labels
 from pretrain.training.errors import ConfigError
+from pretrain.training.task import Batch, Sums
 
 PREDICTIONS_FILE = "predictions.tsv"
 CONFUSION_FILE = "confusion_matrix.png"

@@ -24,11 +24,11 @@ from data_pipeline import files, vocab
 from pretrain.models import lora
 from pretrain.models.config import ARCHITECTURE_FIELDS, EncoderConfig
 from pretrain.models.params import named_leaves
-from pretrain.tasks.base import Task
 from pretrain.training import validation
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import CheckpointError, ConfigError, DataError
 from pretrain.training.metrics import status
+from pretrain.training.task import Task
 from pretrain.training.workdir import (
     checkpoints_dir,
     latest_checkpoint,

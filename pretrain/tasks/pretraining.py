@@ -20,11 +20,11 @@ from etils import epath
 from flax import nnx
 
 from data_pipeline import loader as data_loader
+from pretrain.compute import flops
 from pretrain.models.config import EncoderConfig
 from pretrain.models.heads import PreTrainingModel
-from pretrain.perf import flops
-from pretrain.tasks.base import Batch, EvalData, Sums, Task, TrainData
 from pretrain.training import losses, validation
+from pretrain.training.task import Batch, EvalData, Sums, Task, TrainData
 from pretrain.training.workdir import data_cache_dir, prepare_tokenizer
 
 

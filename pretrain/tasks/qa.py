@@ -26,8 +26,8 @@ from data_pipeline.errors import DataError
 from data_pipeline.tasks import squad
 from pretrain.models.heads import TokenClassifier
 from pretrain.tasks import qa_metrics, reporting
-from pretrain.tasks.base import Batch, Sums
 from pretrain.tasks.finetuning import FinetuningTask, resolve_model_config
+from pretrain.training.task import Batch, Sums
 
 PREDICTIONS_FILE = "predictions.json"
 

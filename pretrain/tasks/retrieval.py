@@ -35,9 +35,9 @@ from flax import nnx
 from data_pipeline.tasks import beir
 from pretrain.models.heads import POOLING, SentenceEmbedder
 from pretrain.tasks import reporting, retrieval_metrics
-from pretrain.tasks.base import Batch, Sums
 from pretrain.tasks.finetuning import FinetuningTask, resolve_model_config
 from pretrain.training.errors import ConfigError
+from pretrain.training.task import Batch, Sums
 
 MAX_SCALE = 100.0  # A learned 1 / temperature is capped here, as CLIP caps its logit scale.
 WORST_QUERIES = 20  # Rows of report.md's worst-queries table.

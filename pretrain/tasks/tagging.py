@@ -26,8 +26,8 @@ from data_pipeline.tasks import conll
 from data_pipeline.tasks import tagging as data
 from pretrain.models.heads import TokenClassifier
 from pretrain.tasks import reporting, tagging_metrics
-from pretrain.tasks.base import Batch, Sums
 from pretrain.tasks.finetuning import FinetuningTask, load_labels, resolve_model_config, save_labels
+from pretrain.training.task import Batch, Sums
 
 PREDICTIONS_FILE = "predictions.conll"
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pretrain.tasks.base import Task
 from pretrain.training import sharding
+from pretrain.training.task import Task
 
 Put = Callable[[dict[str, np.ndarray]], dict[str, jax.Array]]
 

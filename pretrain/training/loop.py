@@ -5,7 +5,7 @@
 data work), the mesh, the jitted sharded steps (`steps.py`), resume from the newest complete
 checkpoint, prefetch to the devices, the non-finite policy, the log / eval / checkpoint cadence,
 throughput that leaves eval and saves out, the best checkpoint and the progress line. The task
-(`pretrain/tasks/base.py`) supplies its data, model, loss and metrics. The batch for step `s` is
+(`pretrain/training/task.py`) supplies its data, model, loss and metrics. The batch for step `s` is
 a pure function of `(seed, s)`, so a resumed run sees exactly the batches an uninterrupted one
 would have seen.
 """
@@ -24,8 +24,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from pretrain.perf import flops
-from pretrain.tasks.base import Task
+from pretrain.compute import flops
 from pretrain.training import claim, sharding, steps, validation
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import NonFiniteError
@@ -33,6 +32,7 @@ from pretrain.training.evaluation import Feed, Put, evaluate
 from pretrain.training.metrics import MetricsWriter, ProgressLine, status
 from pretrain.training.optimizer import make_optimizer
 from pretrain.training.preemption import PreemptionWatcher
+from pretrain.training.task import Task
 from pretrain.training.workdir import BEST_DIR, checkpoints_dir
 
 

@@ -1,6 +1,6 @@
 """The train state and the one step builder: jitted, sharded init / train / eval for any task.
 
-A task (`pretrain/tasks/base.py`) supplies its model and its loss as sums; everything else is
+A task (`pretrain/training/task.py`) supplies its model and its loss as sums; everything else is
 here and shared: state creation already sharded, the logical-axis shardings of parameters and
 optimizer moments, exact gradient accumulation, the finite-update guard, dropout keyed by
 (seed, step), and the ahead-of-time compile. Nothing here touches the host.
@@ -28,8 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pretrain.models import layers
 from pretrain.models.params import path_parts
-from pretrain.tasks.base import Task
 from pretrain.training import sharding
+from pretrain.training.task import Task
 
 # Separates the dropout stream from the parameter-init stream of the same seed.
 _DROPOUT_STREAM = 1

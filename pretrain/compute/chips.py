@@ -1,7 +1,7 @@
 """The one table of accelerator figures, and TPU slice names as users write them.
 
 Every figure here is a vendor figure per chip (one JAX device: TPU v4 and later run both
-TensorCores of a chip as one "megacore" device). MFU (`perf/flops.py`), the benchmark and the pod
+TensorCores of a chip as one "megacore" device). MFU (`compute/flops.py`), the benchmark and the pod
 plan (`perf/roofline.py`) read them from here and nowhere else.
 
 Sources (cloud.google.com/tpu/docs/<gen> pages, as collected in ../shared/REFERENCE.md):

@@ -38,7 +38,7 @@ import dataclasses
 import ml_collections
 
 from data_pipeline.errors import ConfigError
-from pretrain.perf import chips
+from pretrain.compute import chips
 
 
 @dataclasses.dataclass(frozen=True)
