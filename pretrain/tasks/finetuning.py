@@ -137,8 +137,9 @@ class FinetuningTask(Task):
     def for_model(
         cls, config: ml_collections.ConfigDict, model_config: EncoderConfig, labels: list[str]
     ) -> FinetuningTask:
-        """The task without data: enough to build its model (export, evaluate, predict)."""
-        raise NotImplementedError
+        """The task without data: enough to build its model (export, evaluate, predict). This
+        default suits a task with no label set; tasks with labels override it."""
+        return cls(config, model_config, None)
 
     def export_labels(self) -> list[str] | None:
         """Class names by id for `id2label` (None: the head has no named classes)."""

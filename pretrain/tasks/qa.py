@@ -69,10 +69,6 @@ class QaTask(FinetuningTask):
         squad.check_config(config.data)
 
     @classmethod
-    def for_model(cls, config, model_config, labels: list[str]) -> QaTask:
-        return cls(config, model_config, None)
-
-    @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> QaTask:
         tokenizer, step, pretrained = cls.prepare(config, workdir)
         c = config.data

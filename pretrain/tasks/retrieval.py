@@ -80,10 +80,6 @@ class RetrievalTask(FinetuningTask):
             raise ConfigError(f"config.best_metric={config.best_metric!r}: use one of {names}.")
 
     @classmethod
-    def for_model(cls, config, model_config, labels: list[str]) -> RetrievalTask:
-        return cls(config, model_config, None)
-
-    @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> RetrievalTask:
         tokenizer, step, pretrained = cls.prepare(config, workdir)
         if not config.data.train_file.strip():
