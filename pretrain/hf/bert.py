@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.errors import DataError
-from pretrain.hf.tensors import Tensor, linear, norm, table_entry
+from pretrain.hf.tensors import Tensor, config_sizes, linear, norm, table_entry
 from pretrain.models.config import EncoderConfig
 
 CLASSES = {
@@ -30,9 +30,8 @@ CLASSES = {
     "none": "BertModel",
 }
 WITH_POOLER = ("pretraining", "classification", "none")
-# HF activation names for ours; HF's 'gelu_new' and 'gelu_pytorch_tanh' are the same function.
+# HF activation names for ours (HF's 'gelu_new' and 'gelu_pytorch_tanh' are the same function).
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 _TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
@@ -161,21 +160,12 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
             f"HF config position_embedding_type={position_type!r}: only absolute (learned) "
             "positions are supported."
         )
-    act = hf_config.get("hidden_act", "gelu")
-    if act not in _ACT_FROM_HF:
-        raise DataError(
-            f"HF config hidden_act={act!r} is not supported: use one of {', '.join(_ACT_FROM_HF)}."
-        )
     fields = (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
         "intermediate_size", "max_position_embeddings", "type_vocab_size",
     )  # fmt: skip
-    missing = [f for f in fields if f not in hf_config]
-    if missing:
-        raise DataError(f"HF config lacks {', '.join(missing)}: is it a BERT config.json?")
-    kwargs: dict[str, Any] = {f: int(hf_config[f]) for f in fields}
+    kwargs = config_sizes(hf_config, fields, "hidden_act", "BERT")
     kwargs["arch"] = "bert"
-    kwargs["hidden_act"] = _ACT_FROM_HF[act]
     # HF defaults for the optional fields.
     kwargs["hidden_dropout_prob"] = float(hf_config.get("hidden_dropout_prob", 0.1))
     kwargs["attention_probs_dropout_prob"] = float(

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from data_pipeline.errors import DataError
-from pretrain.hf.tensors import Tensor, fused, linear, norm, table_entry
+from pretrain.hf.tensors import Tensor, config_sizes, fused, linear, norm, table_entry
 from pretrain.models.config import EncoderConfig
 
 CLASSES = {
@@ -29,7 +29,6 @@ CLASSES = {
     "none": "ModernBertModel",
 }
 _ACT_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 TIED = "decoder.weight"
 
 
@@ -122,21 +121,14 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     """HF ModernBERT `config.json` dict (as transformers saves it) -> `EncoderConfig` kwargs."""
     fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "max_position_embeddings")  # fmt: skip
-    missing = [f for f in fields if f not in hf_config]
-    if missing:
-        raise DataError(f"HF config lacks {', '.join(missing)}: is it a ModernBERT config.json?")
+    kwargs = config_sizes(hf_config, fields, "hidden_activation", "ModernBERT")
     for flag, want in (("norm_bias", False), ("attention_bias", False), ("mlp_bias", False),
                        ("decoder_bias", True), ("classifier_bias", False)):  # fmt: skip
         if bool(hf_config.get(flag, want)) != want:
             raise DataError(f"HF config {flag}={hf_config[flag]}: only {flag}={want} converts.")
-    act = hf_config.get("hidden_activation", "gelu")
-    if act not in _ACT_FROM_HF:
-        raise DataError(f"HF config hidden_activation={act!r} is not supported.")
     thetas = _rope_thetas(hf_config)
-    kwargs: dict[str, Any] = {f: int(hf_config[f]) for f in fields}
     kwargs.update(
         arch="modernbert",
-        hidden_act=_ACT_FROM_HF[act],
         layer_norm_eps=float(hf_config.get("norm_eps", 1e-5)),
         initializer_range=float(hf_config.get("initializer_range", 0.02)),
         global_attn_every_n_layers=int(hf_config.get("global_attn_every_n_layers", 3)),

@@ -20,6 +20,26 @@ from data_pipeline.errors import DataError
 
 Path = tuple[str | int, ...]
 
+# transformers' activation names -> ours; its 'gelu_new' and 'gelu_pytorch_tanh' are one function.
+ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+
+
+def config_sizes(
+    hf_config: Mapping[str, Any], fields: Sequence[str], activation_key: str, model: str
+) -> dict[str, Any]:
+    """The integer `fields` and the activation of an HF `config.json` dict, as `EncoderConfig`
+    keyword arguments; a missing field or an activation we lack is one DataError."""
+    missing = [f for f in fields if f not in hf_config]
+    if missing:
+        raise DataError(f"HF config lacks {', '.join(missing)}: is it a {model} config.json?")
+    act = hf_config.get(activation_key, "gelu")
+    if act not in ACT_FROM_HF:
+        raise DataError(
+            f"HF config {activation_key}={act!r} is not supported: use one of "
+            f"{', '.join(ACT_FROM_HF)}."
+        )
+    return {**{f: int(hf_config[f]) for f in fields}, "hidden_act": ACT_FROM_HF[act]}
+
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
