@@ -7,7 +7,6 @@ helpers here (`train`, `losses`) are shared with tests/test_topology_change.py.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -322,8 +321,10 @@ def test_two_processes_train_like_one(tmp_path, pipeline_corpus, pipeline_tokeni
 # --- a workdir on an object store ---------------------------------------------------------------
 
 
-def test_remote_workdir_goes_through_epath(tmp_path, monkeypatch, pipeline_tokenizer):
-    """A gs:// workdir (in memory; like GCS it cannot append) for metrics and the tokenizer."""
+def _remote_worker(tokenizer_model: str, tmp: str) -> None:
+    """In a fresh process: a gs:// workdir (in memory; like GCS it cannot append) for metrics and
+    the tokenizer. Fresh, so fsspec's registry and epath's filesystem cache need no undoing."""
+    import fsspec
 
     class FakeGCS(MemoryFileSystem):
         protocol = ("gs", "gcs")
@@ -344,42 +345,48 @@ def test_remote_workdir_goes_through_epath(tmp_path, monkeypatch, pipeline_token
 
         flush = close = lambda self: None
 
-    get_filesystem = type(epath.backend.fsspec_backend)._get_filesystem
-    get_filesystem.cache_clear()
-    # fsspec.registry is shadowed by a read-only view; the module holds the mutable table.
-    monkeypatch.setitem(importlib.import_module("fsspec.registry")._registry, "gcs", FakeGCS)
-    monkeypatch.setattr(tensorboardX, "SummaryWriter", FakeSummaryWriter)
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # Where local mirrors go.
-    try:
-        remote = epath.Path("gs://bucket/run")
+    for protocol in FakeGCS.protocol:
+        fsspec.register_implementation(protocol, FakeGCS, clobber=True)
+    tensorboardX.SummaryWriter = FakeSummaryWriter
+    tempfile.tempdir = tmp  # Where local mirrors go.
+    remote = epath.Path("gs://bucket/run")
 
-        # Metrics: a resumed writer keeps the rows of the first one.
-        first = metrics.MetricsWriter(remote)
-        first.write(1, {"loss": 2.0})
-        first.write(2, {"loss": 1.5})
-        first.close()
-        resumed = metrics.MetricsWriter(remote)
-        resumed.write(3, {"loss": 1.0})
-        rows = [json.loads(r) for r in (remote / "metrics.jsonl").read_text().splitlines()]
-        assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    # Metrics: a resumed writer keeps the rows of the first one.
+    first = metrics.MetricsWriter(remote)
+    first.write(1, {"loss": 2.0})
+    first.write(2, {"loss": 1.5})
+    first.close()
+    resumed = metrics.MetricsWriter(remote)
+    resumed.write(3, {"loss": 1.0})
+    rows = [json.loads(r) for r in (remote / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.5), (3, 1.0)]
 
-        # Tokenizer: made locally, stored in the workdir, and on a restart read back from it.
-        data_config = default.get_config().data
-        data_config.tokenizer_model = pipeline_tokenizer.model_path
-        made = workdir.prepare_tokenizer(data_config, remote)
-        assert (remote / "tokenizer.model").read_bytes() == Path(
-            pipeline_tokenizer.model_path
-        ).read_bytes()
-        local = workdir.local_dir(remote)
-        assert workdir.is_local(local) and local.parent == epath.Path(tmp_path)
-        (local / "tokenizer.model").unlink()
-        restarted = workdir.prepare_tokenizer(data_config, remote)
-        assert restarted.fingerprint == made.fingerprint
-        assert workdir.data_cache_dir(remote).startswith(str(local))
-    finally:
-        FakeGCS.store.clear()
-        get_filesystem.cache_clear()
+    # Tokenizer: made locally, stored in the workdir, and on a restart read back from it.
+    data_config = default.get_config().data
+    data_config.tokenizer_model = tokenizer_model
+    made = workdir.prepare_tokenizer(data_config, remote)
+    assert (remote / "tokenizer.model").read_bytes() == Path(tokenizer_model).read_bytes()
+    local = workdir.local_dir(remote)
+    assert workdir.is_local(local) and local.parent == epath.Path(tmp)
+    (local / "tokenizer.model").unlink()
+    restarted = workdir.prepare_tokenizer(data_config, remote)
+    assert restarted.fingerprint == made.fingerprint
+    assert workdir.data_cache_dir(remote).startswith(str(local))
+    print("remote workdir ok")
 
 
-if __name__ == "__main__":  # A worker of the process-rows test.
-    _rows_worker(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:6])
+def test_remote_workdir_goes_through_epath(tmp_path, pipeline_tokenizer):
+    """Metrics and the tokenizer of a gs:// workdir, through epath (see `_remote_worker`)."""
+    worker = [sys.executable, __file__, "remote"]
+    proc = subprocess.run(
+        [*worker, pipeline_tokenizer.model_path, str(tmp_path)],
+        cwd=REPO, env=cli_env(1), capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "remote workdir ok" in proc.stdout, proc.stderr[-3000:]
+
+
+if __name__ == "__main__":  # A worker of the process-rows or the remote-workdir test.
+    if sys.argv[1] == "remote":
+        _remote_worker(*sys.argv[2:4])
+    else:
+        _rows_worker(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:6])
