@@ -67,6 +67,16 @@ def get_config(task: str) -> ml_collections.ConfigDict:
     # mlp_gate).
     c.peft.targets = "query,key,value,output,mlp_in,mlp_out"
 
+    # Knowledge distillation (Hinton et al. 2015; pretrain/tasks/distillation.py): the model this
+    # config describes (the student) also learns the teacher's temperature-softened outputs.
+    c.distill = ml_collections.ConfigDict()
+    # A fine-tuning workdir of the same task, tokenizer and labels (its best checkpoint); frozen,
+    # never saved with the student. Empty: no distillation.
+    c.distill.teacher = ""
+    c.distill.temperature = 2.0  # T: both logits / T before the softmax; the KL is scaled by T^2.
+    c.distill.soft_weight = 0.5  # Weight of T^2 KL(teacher || student) (regression: squared error).
+    c.distill.hard_weight = 0.5  # Weight of the task's own loss on the gold labels.
+
     # Mesh and logical-axis rules: as pretraining (configs/default.py).
     c.mesh = default.mesh_config()
     return c

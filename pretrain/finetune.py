@@ -29,9 +29,7 @@ def main(argv: list[str]) -> None:
     command.check_config_kind(_CONFIG.value, "pretrain.finetune")
     command.initialize_distributed()
     config, workdir = _CONFIG.value, _WORKDIR.value
-    command.run_user_errors_as_one_line(
-        lambda: loop.train(config, workdir, tasks.finetuning_task(config.task))
-    )
+    command.run_user_errors_as_one_line(lambda: loop.train(config, workdir, tasks.task_for(config)))
 
 
 if __name__ == "__main__":

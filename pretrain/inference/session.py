@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from data_pipeline import vocab
-from data_pipeline.errors import ConfigError, MissingInputError
+from data_pipeline.errors import ConfigError
 from pretrain import tasks
 from pretrain.models.config import EncoderConfig
 from pretrain.tasks.finetuning import FinetuningTask, load_labels
@@ -28,7 +28,7 @@ from pretrain.training import claim, sharding, steps
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.evaluation import Feed, evaluate
 from pretrain.training.optimizer import make_optimizer
-from pretrain.training.workdir import BEST_DIR, checkpoints_dir, tokenizer_file
+from pretrain.training.workdir import finetuned_checkpoints, tokenizer_file
 
 
 @dataclasses.dataclass
@@ -39,19 +39,6 @@ class Session:
     eval_step: Any
     params: Any
     feed: Feed
-
-
-def checkpoint_dir(workdir: epath.Path, step: int | None) -> epath.Path:
-    """WORKDIR/best when it holds a checkpoint and no step is asked for, else checkpoints/."""
-    best = workdir / BEST_DIR
-    if step is None and best.is_dir() and any(p.name.isdigit() for p in best.iterdir()):
-        return best
-    directory = checkpoints_dir(workdir)
-    if not directory.is_dir():
-        raise MissingInputError(
-            f"{workdir} has no checkpoints: --workdir must be a `pretrain.finetune` workdir."
-        )
-    return directory
 
 
 def make_mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -77,7 +64,7 @@ def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") ->
             f"{workdir} is a {kind['kind']} workdir: evaluate and predict take a workdir of "
             "`pretrain.finetune`."
         )
-    directory = checkpoint_dir(root, step)
+    directory = finetuned_checkpoints(root, step)
     checkpointer = Checkpointer(directory)
     try:
         available = checkpointer.all_steps()

@@ -1,10 +1,12 @@
 """Tasks of the one training loop (see `pretrain/training/task.py` for what a task defines).
 
 `FINETUNING_TASKS` maps `config.task` of `python -m pretrain.finetune` to its task class; adding
-a fine-tuning task is one new module and one entry here.
+a fine-tuning task is one new module and one entry here. `task_for(config)` is the class a
+config trains (distilled when it names a teacher).
 """
 
 from pretrain.tasks.classification import ClassificationTask
+from pretrain.tasks.distillation import distilled
 from pretrain.tasks.finetuning import FinetuningTask
 from pretrain.tasks.qa import QaTask
 from pretrain.tasks.retrieval import RetrievalTask
@@ -27,3 +29,10 @@ def finetuning_task(name: str) -> type[FinetuningTask]:
             f"{', '.join(sorted(FINETUNING_TASKS))}."
         )
     return FINETUNING_TASKS[name]
+
+
+def task_for(config) -> type[FinetuningTask]:
+    """The task class a fine-tuning config trains: its task's, distilled when the config names
+    a teacher (`config.distill.teacher`)."""
+    task = finetuning_task(config.task)
+    return distilled(task) if config.get("distill", {}).get("teacher") else task

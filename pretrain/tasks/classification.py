@@ -96,11 +96,11 @@ class ClassificationTask(FinetuningTask):
         model = SequenceClassifier(self.model_config, num_outputs, dropout_rate=dropout, rngs=rngs)
         return self.adapt(model, rngs)
 
-    def _outputs(self, model: SequenceClassifier, batch: Batch, rngs) -> jax.Array:
+    def forward(self, model: SequenceClassifier, batch: Batch, rngs) -> jax.Array:
         """[B, C] float32 (C = 1 for regression)."""
         return model.on_batch(batch, rngs)
 
-    def _sums(self, outputs: jax.Array, batch: Batch) -> Sums:
+    def hard_sums(self, outputs: jax.Array, batch: Batch) -> Sums:
         """Sums over the batch of the weighted loss (cross-entropy or squared error) and hits."""
         weights = batch["example_weight"]  # [B]
         if self.regression:
@@ -118,9 +118,6 @@ class ClassificationTask(FinetuningTask):
     def loss_weights(self, batch: Batch) -> Sums:
         return {"examples": jnp.maximum(batch["example_weight"].sum(), 1.0)}
 
-    def loss_sums(self, model: SequenceClassifier, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
-        return self._sums(self._outputs(model, batch, rngs), batch)
-
     def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
         out = {"loss": sums["loss_sum"] / weights["examples"]}
         if not self.regression:
@@ -128,8 +125,8 @@ class ClassificationTask(FinetuningTask):
         return out
 
     def eval_step(self, model: SequenceClassifier, batch: Batch) -> tuple[Sums, dict]:
-        outputs = self._outputs(model, batch, None)
-        return {"loss_sum": self._sums(outputs, batch)["loss_sum"]}, {"logits": outputs}
+        outputs = self.forward(model, batch, None)
+        return {"loss_sum": self.hard_sums(outputs, batch)["loss_sum"]}, {"logits": outputs}
 
     def eval_metrics(self, sums: dict[str, Any], outputs: dict[str, np.ndarray]) -> dict:
         logits = outputs["logits"]

@@ -28,7 +28,7 @@ from pretrain.training import validation
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import CheckpointError, ConfigError, DataError
 from pretrain.training.metrics import status
-from pretrain.training.task import Task
+from pretrain.training.task import Batch, Sums, Task
 from pretrain.training.workdir import (
     checkpoints_dir,
     latest_checkpoint,
@@ -144,6 +144,27 @@ class FinetuningTask(Task):
     def export_labels(self) -> list[str] | None:
         """Class names by id for `id2label` (None: the head has no named classes)."""
         return None
+
+    # The task's logits and its loss on them, apart: distillation (tasks/distillation.py)
+    # compares the same logits with a teacher's. Tasks with other outputs override loss_sums.
+    def forward(self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs | None) -> jax.Array:
+        """The task model's float32 logits of a batch; `rngs` None means deterministic."""
+        raise NotImplementedError
+
+    def hard_sums(self, logits: jax.Array, batch: Batch) -> Sums:
+        """The loss sums of `forward`'s logits against the batch's targets."""
+        raise NotImplementedError
+
+    def loss_sums(self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
+        return self.hard_sums(self.forward(model, batch, rngs), batch)
+
+    def soft_logits(self, logits: jax.Array) -> jax.Array:
+        """`forward`'s logits with the axis of each predicted distribution last."""
+        return logits
+
+    def soft_weights(self, batch: Batch) -> jax.Array:
+        """The weight of each distribution of `soft_logits` (its leading dims)."""
+        return batch["example_weight"]
 
     # Evaluation and prediction on new files (pretrain/inference/session.py). `tokenizer` is
     # set by `build`, or by the session for a task made with `for_model`.

@@ -105,7 +105,7 @@ class QaTask(FinetuningTask):
             TokenClassifier(self.model_config, 2, dropout_rate=dropout, rngs=rngs), rngs
         )
 
-    def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
+    def forward(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
         logits = model.on_batch(batch, rngs)
         # Padding can never be an answer boundary.
         return jnp.where(batch["input_mask"][..., None] > 0, logits, -1e9)
@@ -113,15 +113,22 @@ class QaTask(FinetuningTask):
     def loss_weights(self, batch: Batch) -> Sums:
         return {"windows": jnp.maximum(batch["example_weight"].sum(), 1.0)}
 
-    def loss_sums(self, model: TokenClassifier, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
-        return span_loss_sums(self._logits(model, batch, rngs), batch)
+    def hard_sums(self, logits: jax.Array, batch: Batch) -> Sums:
+        return span_loss_sums(logits, batch)
+
+    def soft_logits(self, logits: jax.Array) -> jax.Array:
+        return jnp.swapaxes(logits, -1, -2)  # [B, 2, S]: start and end are each over positions.
+
+    def soft_weights(self, batch: Batch) -> jax.Array:
+        weights = batch["example_weight"]
+        return jnp.broadcast_to(weights[:, None], (weights.shape[0], 2))
 
     def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
         return {"loss": sums["loss_sum"] / weights["windows"],
                 "span_accuracy": sums["correct"] / weights["windows"]}  # fmt: skip
 
     def eval_step(self, model: TokenClassifier, batch: Batch) -> tuple[Sums, dict]:
-        logits = self._logits(model, batch, None)
+        logits = self.forward(model, batch, None)
         sums = span_loss_sums(logits, batch)
         sums["windows"] = batch["example_weight"].sum()
         return sums, {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}

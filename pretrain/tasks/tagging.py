@@ -95,22 +95,24 @@ class TaggingTask(FinetuningTask):
                                 rngs=rngs)  # fmt: skip
         return self.adapt(model, rngs)
 
-    def _logits(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
+    def forward(self, model: TokenClassifier, batch: Batch, rngs) -> jax.Array:
         return model.on_batch(batch, rngs)
 
-    def loss_weights(self, batch: Batch) -> Sums:
-        weights = batch["label_weights"] * batch["example_weight"][:, None]
-        return {"words": jnp.maximum(weights.sum(), 1.0)}
+    def hard_sums(self, logits: jax.Array, batch: Batch) -> Sums:
+        return token_loss_sums(logits, batch)
 
-    def loss_sums(self, model: TokenClassifier, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
-        return token_loss_sums(self._logits(model, batch, rngs), batch)
+    def soft_weights(self, batch: Batch) -> jax.Array:
+        return batch["label_weights"] * batch["example_weight"][:, None]  # The scored words.
+
+    def loss_weights(self, batch: Batch) -> Sums:
+        return {"words": jnp.maximum(self.soft_weights(batch).sum(), 1.0)}
 
     def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
         return {"loss": sums["loss_sum"] / weights["words"],
                 "accuracy": sums["correct"] / weights["words"]}  # fmt: skip
 
     def eval_step(self, model: TokenClassifier, batch: Batch) -> tuple[Sums, dict]:
-        logits = self._logits(model, batch, None)
+        logits = self.forward(model, batch, None)
         probs = jax.nn.softmax(logits, axis=-1)
         sums = token_loss_sums(logits, batch)
         sums["words"] = jnp.sum(batch["label_weights"] * batch["example_weight"][:, None])

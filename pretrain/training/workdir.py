@@ -55,6 +55,21 @@ def checkpoints_dir(workdir: str | epath.PathLike) -> epath.Path:
     return epath.Path(workdir) / CHECKPOINTS_DIR
 
 
+def finetuned_checkpoints(workdir: str | epath.PathLike, step: int | None = None) -> epath.Path:
+    """Where a fine-tuned model is read from: WORKDIR/best when it holds a checkpoint and no step
+    is asked for, else WORKDIR/checkpoints."""
+    workdir = epath.Path(workdir)
+    best = workdir / BEST_DIR
+    if step is None and best.is_dir() and any(p.name.isdigit() for p in best.iterdir()):
+        return best
+    directory = checkpoints_dir(workdir)
+    if not directory.is_dir():
+        raise MissingInputError(
+            f"{workdir} has no checkpoints: --workdir must be a `pretrain.finetune` workdir."
+        )
+    return directory
+
+
 def is_local(path: str | epath.PathLike) -> bool:
     """False for URIs (gs://, s3://), which only epath reaches, not open() or os.path."""
     return "://" not in os.fspath(path)

@@ -1,0 +1,246 @@
+"""Knowledge distillation (Hinton et al. 2015) as a fine-tuning task of the one loop.
+
+`--config.distill.teacher=FT_DIR` on any fine-tuning config trains the configured model (the
+student: its own size, even the other architecture) on
+
+    loss = hard_weight * (the task's loss on the gold labels)
+         + soft_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+over the task's own logits (classification: per example; tagging: per scored word; QA: the
+start and the end distribution over positions; regression: squared error between the scores).
+The teacher is a frozen part of the task model (`model.teacher`, restored from FT_DIR's best
+checkpoint by `initial_params` on every start), so it runs in the same jitted step, sharded by
+the same logical axes, with no optimizer state, and is kept out of the student's checkpoints
+(`Task.frozen`): the student's workdir is an ordinary fine-tuning workdir. `distilled(cls)` is
+the task class: this mixin in front of the student's own task class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from etils import epath
+from flax import nnx
+
+from pretrain.models.config import EncoderConfig
+from pretrain.tasks.finetuning import FinetuningTask, load_labels
+from pretrain.training import claim
+from pretrain.training.checkpoint import Checkpointer
+from pretrain.training.errors import ConfigError
+from pretrain.training.metrics import status
+from pretrain.training.task import Batch, Sums
+from pretrain.training.workdir import finetuned_checkpoints, tokenizer_file
+
+TEACHER = "teacher"  # The task model's attribute, and the top of the teacher's parameter paths.
+QUANTIZED_MARKER = "quantization.json"  # pretrain/inference/quantized.py writes it.
+
+
+def is_teacher(names: tuple[str, ...]) -> bool:
+    return bool(names) and names[0] == TEACHER
+
+
+def soft_loss(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
+    """Per distribution [...]: T^2 KL(softmax(teacher / T) || softmax(student / T)) over the
+    last axis, in float32 (T^2 keeps its gradients on the hard loss's scale as T changes). One
+    output (regression) has no distribution: the squared error between the two scores."""
+    student, teacher = student.astype(jnp.float32), teacher.astype(jnp.float32)
+    if student.shape[-1] == 1:
+        return (student[..., 0] - teacher[..., 0]) ** 2
+    log_p = jax.nn.log_softmax(teacher / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(student / temperature, axis=-1)
+    return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A fine-tuned workdir to learn from: its checkpoint, saved config and labels."""
+
+    workdir: epath.Path
+    directory: epath.Path  # Its best checkpoint's folder (else its newest).
+    step: int
+    config: ml_collections.ConfigDict
+    labels: list[str]
+
+
+def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
+    """The teacher of `config.distill.teacher`, checked against the student's config and
+    tokenizer (cheap: saved configs and files only); ConfigError naming any mismatch."""
+    path = config.distill.teacher
+    root = epath.Path(path)
+    if not root.is_dir():
+        raise ConfigError(
+            f"config.distill.teacher={path} does not exist: give a fine-tuning "
+            "workdir of `pretrain.finetune`."
+        )
+    if (root / QUANTIZED_MARKER).exists():
+        raise ConfigError(
+            f"config.distill.teacher={path} is a quantized model: give the "
+            "float32 workdir it was quantized from."
+        )
+    kind = (claim.read_kind(root) or {}).get("kind")
+    if kind != "finetuning":
+        raise ConfigError(
+            f"config.distill.teacher={path} is not a fine-tuning workdir ("
+            f"{kind or 'no run'}): give a workdir of `pretrain.finetune`."
+        )
+    directory = finetuned_checkpoints(root)
+    checkpointer = Checkpointer(directory)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise ConfigError(
+                f"config.distill.teacher={path} holds no complete checkpoint: "
+                "finish its fine-tuning first."
+            )
+        saved = ml_collections.ConfigDict(checkpointer.read_config(step))
+    finally:
+        checkpointer.close()
+    if saved.task != config.task:
+        raise ConfigError(
+            f"config.distill.teacher={path} was fine-tuned for task={saved.task!r}, "
+            f"not {config.task!r}: give a teacher of the same task."
+        )
+    if saved.get("peft", {}).get("method", "none") != "none":
+        raise ConfigError(
+            f"config.distill.teacher={path} is a LoRA run: give a fully "
+            "fine-tuned teacher (peft.method='none')."
+        )
+    _check_tokenizer(config, root)
+    teacher_positions = saved.model.max_position_embeddings
+    if config.data.max_seq_length > teacher_positions:
+        raise ConfigError(
+            f"config.data.max_seq_length={config.data.max_seq_length} exceeds the "
+            f"teacher's max_position_embeddings={teacher_positions}: lower it."
+        )
+    labels = load_labels(root, saved.task) or []
+    return Teacher(root, directory, step, saved, labels)
+
+
+def _check_tokenizer(config: ml_collections.ConfigDict, teacher: epath.Path) -> None:
+    """Both read the same token ids only with the same tokenizer file."""
+    ours = tokenizer_file(config.init_from) if config.init_from else config.data.tokenizer_model
+    if not ours or not epath.Path(ours).exists():
+        return  # The student's own checks name the missing tokenizer.
+    theirs = tokenizer_file(teacher)
+    if epath.Path(ours).read_bytes() != theirs.read_bytes():
+        raise ConfigError(
+            f"the student's tokenizer {ours} differs from the teacher's {theirs}: "
+            "distill with the tokenizer the teacher was trained with."
+        )
+
+
+def check_distill_config(config: ml_collections.ConfigDict) -> None:
+    d = config.distill
+    if d.temperature <= 0 or d.soft_weight < 0 or d.hard_weight < 0:
+        raise ConfigError(
+            f"config.distill: temperature={d.temperature} must be > 0 and "
+            f"soft_weight={d.soft_weight}, hard_weight={d.hard_weight} >= 0."
+        )
+    if d.soft_weight == d.hard_weight == 0:
+        raise ConfigError(
+            "config.distill: soft_weight and hard_weight are both 0: nothing "
+            "would train; set soft_weight > 0."
+        )
+
+
+class Distillation(FinetuningTask):
+    """Placed before the student's task class (see `distilled`); everything else is its."""
+
+    teacher: Teacher
+    student_class: type[FinetuningTask]  # The task class both were fine-tuned with.
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().check_config(config)
+        if cls.forward is FinetuningTask.forward:
+            raise ConfigError(
+                f"config.task={config.task!r} has no logits to distill: "
+                "leave config.distill.teacher empty."
+            )
+        check_distill_config(config)
+        load_teacher(config)
+
+    @classmethod
+    def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> Distillation:
+        task = super().build(config, workdir)
+        teacher = load_teacher(config)
+        if task.export_labels() != teacher.labels:
+            raise ConfigError(
+                f"the student's labels {task.export_labels()} differ from the "
+                f"teacher's {teacher.labels} ({teacher.workdir}/labels.json): "
+                "fine-tune both on the same label set."
+            )
+        task.teacher = teacher
+        student_frozen = task.frozen  # LoRA's, when the student uses adapters.
+        task.frozen = lambda names: (
+            is_teacher(names) or bool(student_frozen and student_frozen(names))
+        )
+        return task
+
+    def teacher_task(self) -> FinetuningTask:
+        """The teacher's task without data, computing in the student run's dtype."""
+        saved = self.teacher.config
+        model_config = EncoderConfig.from_config(
+            saved.model, vocab_size=self.model_config.vocab_size, dtype=self.config.dtype
+        )
+        return self.student_class.for_model(saved, model_config, self.teacher.labels)
+
+    def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        model = super().make_model(rngs)  # First: the student's init is the one it has alone.
+        setattr(model, TEACHER, self.teacher_task().make_model(rngs))
+        return model
+
+    def initial_params(self, abstract_params: nnx.State) -> dict[str, Any]:
+        out = super().initial_params(abstract_params) or {}
+        checkpointer = Checkpointer(self.teacher.directory)
+        try:
+            restored = checkpointer.restore_params(self.teacher.step, abstract_params[TEACHER])
+        finally:
+            checkpointer.close()
+        status(f"Teacher restored from {self.teacher.directory}, step {self.teacher.step}.")
+        out[TEACHER] = nnx.to_pure_dict(restored)
+        return out
+
+    def loss_weights(self, batch: Batch) -> Sums:
+        return {
+            **super().loss_weights(batch),
+            "soft": jnp.maximum(self.soft_weights(batch).sum(), 1.0),
+        }
+
+    def loss_sums(self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
+        logits = self.forward(model, batch, rngs)
+        sums = self.hard_sums(logits, batch)
+        teacher = jax.lax.stop_gradient(self.forward(getattr(model, TEACHER), batch, None))
+        per_row = soft_loss(
+            self.soft_logits(logits), self.soft_logits(teacher), self.config.distill.temperature
+        )
+        weights = self.soft_weights(batch)
+        # where(): a weight-0 padding row contributes 0 even if its value is not finite.
+        sums["soft_sum"] = jnp.sum(jnp.where(weights > 0, weights * per_row, 0.0))
+        return sums
+
+    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
+        out = super().metrics(sums, weights)
+        d = self.config.distill
+        out["hard_loss"], out["soft_loss"] = out["loss"], sums["soft_sum"] / weights["soft"]
+        out["loss"] = d.hard_weight * out["hard_loss"] + d.soft_weight * out["soft_loss"]
+        return out
+
+    def checkpoint_record(self) -> dict[str, Any]:
+        record = super().checkpoint_record()
+        record["distill_teacher"] = {
+            "workdir": str(self.teacher.workdir),
+            "step": self.teacher.step,
+        }
+        return record
+
+
+def distilled(task_cls: type[FinetuningTask]) -> type[FinetuningTask]:
+    """`task_cls` trained against `config.distill.teacher`."""
+    return type(
+        f"Distilled{task_cls.__name__}", (Distillation, task_cls), {"student_class": task_cls}
+    )
