@@ -73,6 +73,8 @@ class Predictor:
         (default `batch_size`) once (the task's post-processing may jit per size), so that
         serving compiles nothing."""
         for bucket, exported in self._exported.items():
+            if bucket in self._compiled:
+                continue
             args = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
             self._compiled[bucket] = jax.jit(exported.call).lower(*args).compile()
         for n in range(1, (max_items or self.batch_size) + 1):
