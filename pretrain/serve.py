@@ -10,6 +10,7 @@ the first stdout line names the address. SIGTERM (or Ctrl-C) stops accepting, an
 accepted, then exits 0.
 """
 
+import signal
 import socket
 
 import uvicorn
@@ -64,6 +65,10 @@ def _serve() -> None:
     host, port = sock.getsockname()[:2]
     print(f"Serving {_MODEL.value} ({predictor.name}) on http://{host}:{port}", flush=True)
     config = uvicorn.Config(app_lib.create_app(predictor, settings), log_level="warning")
+    # uvicorn drains on SIGTERM / SIGINT, then re-raises the signal to the handler it found:
+    # let that be a no-op, so a drained server exits 0 (not -15, nor a KeyboardInterrupt).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -291,7 +291,7 @@ def test_a_real_server_under_load_and_sigterm_loses_no_request(served):
     workdir, _, texts, expected = served
     proc = subprocess.Popen(
         [sys.executable, "-m", "pretrain.serve", f"--model={workdir}", "--port=0",
-         "--buckets=16,32", "--batch_size=8", "--max_batch=32", "--max_wait_ms=2000"],
+         "--buckets=16,32", "--batch_size=8", "--max_batch=16", "--max_wait_ms=2000"],
         cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -312,7 +312,7 @@ def test_a_real_server_under_load_and_sigterm_loses_no_request(served):
                 while metric((await client.get("/metrics")).text,
                              "serving_requests_in_flight") < 12:  # fmt: skip
                     await asyncio.sleep(0.02)
-                proc.send_signal(signal.SIGTERM)  # All 12 wait for their batch to fill.
+                proc.send_signal(signal.SIGTERM)  # All 12 wait for their batch to fill up to 16.
                 return await asyncio.gather(*calls)
 
         answers = asyncio.run(drain())
