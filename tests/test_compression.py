@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import finetune_classify
+from pretrain.inference import quantized
 from pretrain.inference.session import open_session, run_evaluation
 from pretrain.models.params import named_leaves
 from pretrain.tasks.classification import ClassificationTask
@@ -170,3 +171,44 @@ def test_a_distilled_run_through_the_cli_saves_the_student_alone(keyword_task, k
     row, _ = run_evaluation(open_session(str(workdir)), str(evals))
     best = max(eval_rows.values(), key=lambda r: r["eval_accuracy"])
     assert row["eval_accuracy"] == pytest.approx(best["eval_accuracy"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def quantized_run(keyword_run, tmp_path_factory):
+    """keyword_run's model quantized through the CLI: (float workdir, int8 workdir)."""
+    workdir, _ = keyword_run
+    output = tmp_path_factory.mktemp("quantized") / "q"
+    run_module("pretrain.quantize", [f"--workdir={workdir}", f"--output={output}"])
+    return workdir, output
+
+
+@pytest.mark.slow
+def test_int8_logits_are_near_float32_on_the_8_device_mesh(keyword_task, quantized_run):
+    _, evals, _ = keyword_task
+    workdir, output = quantized_run
+    q_session = open_session(str(output))  # Data parallel over the 8 simulated devices.
+    kernels = {n: v for n, v in named_leaves(q_session.params).items() if "kernel" in n}
+    assert kernels and all(v.dtype == np.int8 for n, v in kernels.items() if "qvalue" in n)
+    assert {n.rsplit("/", 1)[0] for n in kernels if "qvalue" in n} == {
+        n.rsplit("/", 1)[0] for n in kernels if "scale" in n
+    }  # Every kernel is int8 values with their scales; no float kernel is left.
+    q_row, q_out = run_evaluation(q_session, str(evals))
+    row, out = run_evaluation(open_session(str(workdir)), str(evals))
+    # absmax int8 per output channel: each weight within 0.4% of its channel's largest.
+    np.testing.assert_allclose(q_out["logits"], out["logits"], atol=0.05)
+    assert np.mean(q_out["logits"].argmax(-1) == out["logits"].argmax(-1)) >= 0.99
+    assert q_row["eval_accuracy"] == pytest.approx(row["eval_accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_quantize_mistakes_are_config_errors(quantized_run, tmp_path):
+    _, output = quantized_run
+    with pytest.raises(ConfigError, match="exists"):
+        quantized.check_output(str(output))
+    with pytest.raises(ConfigError, match="leave --step unset"):
+        open_session(str(output), step=30)
+    pretraining = tmp_path / "pretrained"
+    pretraining.mkdir()
+    (pretraining / "workdir.json").write_text(json.dumps({"kind": "pretraining"}))
+    with pytest.raises(ConfigError, match="is a pretraining workdir"):
+        open_session(str(pretraining))

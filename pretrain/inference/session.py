@@ -5,11 +5,13 @@ newest (or `--step`), the config saved with it, its tokenizer and label set; it 
 model, jits the task's eval step on a mesh (`--mesh`, default: data parallel over every device)
 and restores only the parameters into that mesh's shardings. A batch goes through the very step
 fine-tuning evaluated with, so `predict` gives the eval pass's predictions on the same examples.
+A quantized workdir (`quantized.py`) runs its int8 model through the same eval step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from typing import Any
@@ -18,11 +20,14 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 
 from data_pipeline import vocab
 from data_pipeline.errors import ConfigError
 from pretrain import tasks
+from pretrain.inference import quantized
 from pretrain.models.config import EncoderConfig
+from pretrain.tasks import distillation
 from pretrain.tasks.finetuning import FinetuningTask, load_labels
 from pretrain.training import claim, sharding, steps
 from pretrain.training.checkpoint import Checkpointer
@@ -56,14 +61,64 @@ def make_mesh(mesh_flag: str, config: ml_collections.ConfigDict) -> jax.sharding
 
 
 def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") -> Session:
-    """The fine-tuned model of `workdir` on a mesh, ready for batches (see the docstring)."""
+    """The fine-tuned (or quantized) model of `workdir` on a mesh, ready for batches (see the
+    docstring)."""
     root = epath.Path(workdir)
     kind = claim.read_kind(workdir) or {}
-    if kind.get("kind") not in (None, "finetuning"):
+    if kind.get("kind") not in (None, "finetuning", quantized.KIND):
         raise ConfigError(
-            f"{workdir} is a {kind['kind']} workdir: evaluate and predict take a workdir of "
-            "`pretrain.finetune`."
+            f"{workdir} is a {kind['kind']} workdir: evaluate, predict and quantize take a "
+            "workdir of `pretrain.finetune`."
         )
+    if quantized.is_quantized(root):
+        if step is not None:
+            raise ConfigError(f"{workdir} is quantized from one step: leave --step unset.")
+        config, step, activations = quantized.read_record(root)
+        task, device_mesh, rules = _task(root, config, mesh)
+        graphdef, params = quantized.restore(root, task, device_mesh, activations)
+        eval_step = jax.jit(functools.partial(
+            steps.eval_step, task=task, graphdef=graphdef,
+            activation_sharding=sharding.batch_sharding(device_mesh, rules),
+        ))  # fmt: skip
+    else:
+        config, step, task, device_mesh, rules, eval_step, params = _restore(root, step, mesh)
+    data_parallel = sharding.data_parallel_size(device_mesh, rules)
+    batch_size = math.ceil(config.eval_batch_size / data_parallel) * data_parallel
+    config.unlock()
+    config.eval_batch_size = batch_size
+    return Session(task, config, step, eval_step, params, Feed(device_mesh, rules, batch_size))
+
+
+def _restore_params(checkpointer: Checkpointer, step: int, jitted: steps.Steps,
+                    config: ml_collections.ConfigDict) -> Any:  # fmt: skip
+    """The checkpoint's params, as `jitted.eval_step` takes them (but LoRA's base)."""
+    if not distillation.saved_without_teacher(config):
+        return checkpointer.restore_params(step, jitted.abstract_saveable.params)
+    # Saved by a task with a frozen teacher (`Steps.saveable`): a pure dict without it.
+    params = jax.tree.map(lambda x: x, jitted.abstract_state.params)  # A copy to fill.
+    saved = checkpointer.restore_params(step, nnx.to_pure_dict(params))
+    nnx.replace_by_pure_dict(params, saved)
+    return params
+
+
+def _task(root: epath.Path, config: ml_collections.ConfigDict, mesh: str) -> tuple:
+    """(the task without data, its mesh, its logical-axis rules) of a saved config."""
+    if "task" not in config:
+        raise ConfigError(f"{root} is not a fine-tuning workdir (its config has no task).")
+    tokenizer = vocab.load(str(tokenizer_file(root)))
+    model_config = EncoderConfig.from_config(
+        config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
+    )
+    task = tasks.finetuning_task(config.task).for_model(
+        config, model_config, load_labels(root, config.task) or []
+    )
+    task.tokenizer = tokenizer
+    task.pretrained_step = config.get("peft_base", {}).get("step")  # LoRA: its base.
+    return task, make_mesh(mesh, config), tuple(config.mesh.logical_axis_rules)
+
+
+def _restore(root: epath.Path, step: int | None, mesh: str) -> tuple:
+    """A fine-tuned checkpoint's (config, step, task, mesh, rules, jitted eval step, params)."""
     directory = finetuned_checkpoints(root, step)
     checkpointer = Checkpointer(directory)
     try:
@@ -77,37 +132,19 @@ def open_session(workdir: str, step: int | None = None, mesh: str = "-1,1,1") ->
             )
         step = available[-1] if step is None else step
         config = ml_collections.ConfigDict(checkpointer.read_config(step))
-        if "task" not in config:
-            raise ConfigError(f"{workdir} is not a fine-tuning workdir (its config has no task).")
-        tokenizer = vocab.load(str(tokenizer_file(root)))
-        model_config = EncoderConfig.from_config(
-            config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
-        )
-        task = tasks.finetuning_task(config.task).for_model(
-            config, model_config, load_labels(root, config.task) or []
-        )
-        task.tokenizer = tokenizer
-        task.pretrained_step = config.get("peft_base", {}).get("step")  # LoRA: its base.
-        device_mesh = make_mesh(mesh, config)
-        rules = tuple(config.mesh.logical_axis_rules)
+        task, device_mesh, rules = _task(root, config, mesh)
         tx, schedule = make_optimizer(
-            config.optimizer, config.num_train_steps, model_config.num_hidden_layers
+            config.optimizer, config.num_train_steps, task.model_config.num_hidden_layers
         )
         jitted = steps.build_steps(task, tx, schedule, device_mesh, rules, grad_accum_steps=1,
                                    seed=config.seed)  # fmt: skip
-        params = checkpointer.restore_params(step, jitted.abstract_saveable.params)
+        params = _restore_params(checkpointer, step, jitted, config)
         if jitted.frozen is not None:  # LoRA: the base encoder from the checkpoint it names.
             fresh = jitted.init(task.initial_params(jitted.abstract_state.params))
             params = jitted.combine_params(params, fresh.params)
     finally:
         checkpointer.close()
-    data_parallel = sharding.data_parallel_size(device_mesh, rules)
-    batch_size = math.ceil(config.eval_batch_size / data_parallel) * data_parallel
-    config.unlock()
-    config.eval_batch_size = batch_size
-    return Session(
-        task, config, step, jitted.eval_step, params, Feed(device_mesh, rules, batch_size)
-    )
+    return config, step, task, device_mesh, rules, jitted.eval_step, params
 
 
 def run_evaluation(session: Session, eval_file: str) -> tuple[dict[str, float], dict]:

@@ -43,6 +43,12 @@ def is_teacher(names: tuple[str, ...]) -> bool:
     return bool(names) and names[0] == TEACHER
 
 
+def saved_without_teacher(config: ml_collections.ConfigDict) -> bool:
+    """Whether a checkpoint with this saved config came from a distilled run: its params are
+    the student's alone, a pure dict (`Steps.saveable` of a task with frozen parameters)."""
+    return bool(config.get("distill", {}).get("teacher"))
+
+
 def soft_loss(student: jax.Array, teacher: jax.Array, temperature: float) -> jax.Array:
     """Per distribution [...]: T^2 KL(softmax(teacher / T) || softmax(student / T)) over the
     last axis, in float32 (T^2 keeps its gradients on the hard loss's scale as T changes). One

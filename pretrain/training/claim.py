@@ -125,7 +125,11 @@ def describe(kind: str, config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"kind": kind, "arch": config.model.get("arch", "bert"), "task": config.get("task")}
 
 
-_COMMANDS = {"pretraining": "python -m pretrain.train", "finetuning": "python -m pretrain.finetune"}
+_COMMANDS = {
+    "pretraining": "python -m pretrain.train",
+    "finetuning": "python -m pretrain.finetune",
+    "quantized": "python -m pretrain.quantize",
+}
 
 
 def check_kind(workdir: epath.Path, wanted: dict[str, Any]) -> None:
