@@ -34,7 +34,7 @@ from pretrain import tasks
 from pretrain.inference import session as session_lib
 from pretrain.models.config import EncoderConfig
 from pretrain.serving import inputs
-from pretrain.serving.predictor import Predictor
+from pretrain.serving.predictor import Predictor, argument_avals, output_avals
 from pretrain.tasks.finetuning import load_labels, save_labels
 from pretrain.training.workdir import tokenizer_file
 
@@ -123,9 +123,8 @@ def export_session(
                                          else v.shape, v.dtype)
                  for k, v in batch.items()}  # fmt: skip
         functions[bucket] = jax.export.export(jax.jit(infer))(leaf_specs, specs)
-    first = functions[buckets[0]]
-    features = jax.tree.unflatten(first.in_tree, first.in_avals)[0][1]
-    outputs = jax.tree.unflatten(first.out_tree, first.out_avals)
+    first = functions[buckets[0]]  # Described with the length axis named, as all buckets.
+    features, outputs = argument_avals(first)[1], output_avals(first)
 
     info = {
         "format_version": FORMAT_VERSION,
@@ -210,8 +209,7 @@ def load(directory: str) -> Predictor:
         b: jax.export.deserialize(bytearray((root / f"model_{b}.stablehlo").read_bytes()))
         for b in info["buckets"]
     }
-    first = functions[info["buckets"][0]]
-    avals = jax.tree.unflatten(first.in_tree, first.in_avals)[0][0]
+    avals = argument_avals(functions[info["buckets"][0]])[0]
     with np.load(root / PARAMS) as saved:  # bfloat16 comes back as raw bytes: view it again.
         params = [saved[f"arr_{i}"].view(a.dtype) for i, a in enumerate(avals)]
     return Predictor(task, functions, params, info)

@@ -49,12 +49,14 @@ class Predictor:
         self._exported = functions
         self._params = jax.device_put(params)
         self._compiled: dict[int, Any] = {}
+        # Each bucket's features: (parameter leaves, features) are its arguments.
+        self._features = {b: argument_avals(e)[1] for b, e in functions.items()}
         self._lock = threading.Lock()  # The task holds one batch's inputs at a time.
         self._scratch = tempfile.TemporaryDirectory(prefix="serving-")
         task.config.unlock()
         task.config.data.max_seq_length = self.buckets[-1]
         with_seq = [
-            {k for k, a in _out_avals(e).items() if a.shape[1:2] == (b,)}
+            {k for k, a in output_avals(e).items() if a.shape[1:2] == (b,)}
             for b, e in functions.items()
         ]
         # An output has a sequence axis when it follows the bucket in every bucket.
@@ -75,8 +77,9 @@ class Predictor:
         for bucket, exported in self._exported.items():
             if bucket in self._compiled:
                 continue
-            args = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
-            self._compiled[bucket] = jax.jit(exported.call).lower(*args).compile()
+            self._compiled[bucket] = (
+                jax.jit(exported.call).lower(*argument_avals(exported)).compile()
+            )
         for n in range(1, (max_items or self.batch_size) + 1):
             self.predict([self._sample("a")] * n)
 
@@ -118,10 +121,8 @@ class Predictor:
         """One batch through the compiled function of the smallest bucket that holds it."""
         longest = max(int(batch["input_mask"].sum(axis=1).max()), 1)
         bucket = next(b for b in self.buckets if b >= longest)
-        wanted = jax.tree.unflatten(self._exported[bucket].in_tree,
-                                    self._exported[bucket].in_avals)[0][1]  # fmt: skip
         features = {k: batch[k][:, : spec.shape[1]] if spec.ndim > 1 else batch[k]
-                    for k, spec in wanted.items()}  # fmt: skip
+                    for k, spec in self._features[bucket].items()}  # fmt: skip
         out = jax.device_get(self._compiled[bucket](self._params, features))
         for k in self._sequence_outputs:
             if bucket < self.max_length:
@@ -132,5 +133,11 @@ class Predictor:
         return out
 
 
-def _out_avals(exported: jax.export.Exported) -> dict[str, Any]:
+def argument_avals(exported: jax.export.Exported) -> tuple[Any, ...]:
+    """(parameter leaves, features) as shapes and dtypes."""
+    return jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
+
+
+def output_avals(exported: jax.export.Exported) -> dict[str, Any]:
+    """Output name -> shape and dtype."""
     return jax.tree.unflatten(exported.out_tree, exported.out_avals)
