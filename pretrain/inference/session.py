@@ -164,7 +164,7 @@ def run_prediction(session: Session, input_file: str, output: str) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / (path.name + ".tmp")
         tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        tmp.rename(path)
+        tmp.replace(path)  # Overwrites an earlier output, as open(..., "w") would.
     return len(rows)
 
 
