@@ -21,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,12 +105,7 @@ async def run_load(url: str, texts: list[str], *, clients: int, requests: int,
 
 def serve_hf(hf_dir: str, port: int) -> None:
     """A transformers text-classification pipeline behind POST /v1/predict and GET /healthz."""
-    import socket
-
     import transformers
-    import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
     pipe = transformers.pipeline("text-classification", model=hf_dir)
     lock = threading.Lock()  # The pipeline runs one request at a time.

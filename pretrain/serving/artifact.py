@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -157,18 +158,20 @@ def write(workdir: str, output: str, buckets_flag: str = "", batch_size: int = 8
     returns the manifest."""
     _check_batch_size(batch_size)
     _check_serialization()
+    out = epath.Path(output)
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
+        raise ConfigError(f"--output={output} is a non-empty folder: give a new one.")
     session = session_lib.open_session(workdir, step, "1,1,1")
     buckets = parse_buckets(buckets_flag, session.config.data.max_seq_length)
     functions, leaves, info = export_session(session, buckets, batch_size)
     info["source_workdir"] = os.path.abspath(workdir)
-    out = epath.Path(output)
-    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).exists():
-        raise ConfigError(f"--output={output} is a non-empty folder: give a new one.")
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # Re-export: never a whole-looking mix.
     for bucket, exported in functions.items():
-        (out / f"model_{bucket}.stablehlo").write_bytes(bytes(exported.serialize()))
-    with open(out / PARAMS, "wb") as f:
-        np.savez(f, *[np.asarray(jax.device_get(x)) for x in leaves])
+        files.write_bytes(out / f"model_{bucket}.stablehlo", bytes(exported.serialize()))
+    buffer = io.BytesIO()
+    np.savez(buffer, *[np.asarray(jax.device_get(x)) for x in leaves])
+    files.write_bytes(out / PARAMS, buffer.getvalue())
     files.write_text(out / CONFIG, json.dumps(session.config.to_dict(), indent=1) + "\n")
     source_tokenizer = tokenizer_file(workdir)
     shutil.copyfile(source_tokenizer, out / source_tokenizer.name)
@@ -219,7 +222,6 @@ def from_workdir(workdir: str, buckets_flag: str = "", batch_size: int = 8,
                  step: int | None = None) -> Predictor:  # fmt: skip
     """The Predictor of a fine-tuning workdir, exported in memory (no files written)."""
     _check_batch_size(batch_size)
-    _check_serialization()
     session = session_lib.open_session(workdir, step, "1,1,1")
     buckets = parse_buckets(buckets_flag, session.config.data.max_seq_length)
     functions, leaves, info = export_session(session, buckets, batch_size)
