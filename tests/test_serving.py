@@ -18,9 +18,11 @@ import threading
 import httpx
 import pytest
 
+from data_pipeline.tasks import classification as classification_data
+from data_pipeline.tasks import conll, squad
 from data_pipeline.vocab import unigram as tokenizer_lib
 from pretrain.serving import app as app_lib
-from pretrain.serving import artifact
+from pretrain.serving import artifact, inputs
 from pretrain.serving.batcher import Batcher, QueueFull
 from tests.cli_utils import REPO, cli_env, run_in_process, run_module
 from tests.test_finetune import TINY_MODEL, finetune_flags, write_keyword_task
@@ -87,6 +89,22 @@ def test_wrong_artifacts_are_one_line(served, tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and "no checkpoints" in lines[0]
     code, lines = run_in_process(lambda: artifact.load(str(tmp_path)), capsys)
     assert code == 2 and "not a serving artifact" in lines[0]
+
+
+def test_items_become_each_tasks_own_prediction_input(tmp_path):
+    path = str(tmp_path / "input")
+    pairs = [("who came?", "mr alba came\thome"), ("q2", "a\nb")]
+    inputs.write_inputs("qa", pairs, path)
+    assert [(q.question, q.context) for q in squad.read_questions(path, labelled=False)] == pairs
+    inputs.write_inputs("classification", pairs, path)
+    raw = classification_data.read_inputs(path)
+    assert (raw.text_a, raw.text_b) == (["who came?", "q2"], ["mr alba came home", "a b"])
+    texts = ["mr\talba  jr", "in bruno\r\n"]
+    inputs.write_inputs("tagging", texts, path)
+    sentences = conll.read_text(path)
+    # Tabs and line breaks read as spaces, one for one: character offsets stay those of the text.
+    assert sentences.texts == ["mr alba  jr", "in bruno  "]
+    assert sentences.words == [["mr", "alba", "jr"], ["in", "bruno"]]
 
 
 # --- The batcher alone: a run function that blocks until released, so every batch is known.
