@@ -86,7 +86,7 @@ def test_wrong_artifacts_are_one_line(served, tmp_path, capsys):
     assert code == 2 and len(lines) == 1
     assert "format version 0" in lines[0] and "re-export" in lines[0]
     code, lines = run_in_process(lambda: artifact.open_model(str(tmp_path)), capsys)
-    assert code == 2 and len(lines) == 1 and "no checkpoints" in lines[0]
+    assert code == 2 and len(lines) == 1 and "neither a serving artifact" in lines[0]
     code, lines = run_in_process(lambda: artifact.load(str(tmp_path)), capsys)
     assert code == 2 and "not a serving artifact" in lines[0]
 

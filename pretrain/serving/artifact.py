@@ -37,7 +37,7 @@ from pretrain.models.config import EncoderConfig
 from pretrain.serving import inputs
 from pretrain.serving.predictor import Predictor, argument_avals, output_avals
 from pretrain.tasks.finetuning import load_labels, save_labels
-from pretrain.training.workdir import tokenizer_file
+from pretrain.training.workdir import checkpoints_dir, tokenizer_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -238,4 +238,9 @@ def open_model(path: str, buckets_flag: str = "", batch_size: int = 8) -> Predic
         )
     if (root / MANIFEST).exists():
         return load(path)
+    if not checkpoints_dir(root).is_dir():
+        raise MissingInputError(
+            f"--model={path} is neither a serving artifact (no {MANIFEST}) nor a fine-tuning "
+            "workdir (no checkpoints/): give one of them."
+        )
     return from_workdir(path, buckets_flag, batch_size)
