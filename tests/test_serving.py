@@ -309,7 +309,7 @@ def test_a_real_server_under_load_and_sigterm_loses_no_request(served, record_pr
     workdir, _, texts, expected = served
     proc = subprocess.Popen(
         [sys.executable, "-m", "pretrain.serve", f"--model={workdir}", "--port=0",
-         "--buckets=16,32", "--batch_size=8", "--max_batch=16", "--max_wait_ms=2000"],
+         "--buckets=16,32", "--batch_size=8", "--max_batch=16", "--max_wait_ms=3000"],
         cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -329,10 +329,13 @@ def test_a_real_server_under_load_and_sigterm_loses_no_request(served, record_pr
             async with httpx.AsyncClient(base_url=url, timeout=60) as client:
                 calls = [asyncio.ensure_future(client.post("/v1/predict", json={"texts": [t]}))
                          for t in texts[:12]]  # fmt: skip
-                while metric((await client.get("/metrics")).text,
-                             "serving_requests_in_flight") < 12:  # fmt: skip
+                waiting = 0
+                while waiting < 12 and not all(c.done() for c in calls):
+                    waiting = metric((await client.get("/metrics")).text,
+                                     "serving_requests_in_flight")  # fmt: skip
                     await asyncio.sleep(0.02)
-                proc.send_signal(signal.SIGTERM)  # All 12 wait for their batch to fill up to 16.
+                assert waiting == 12  # All wait for their batch to fill up to 16, or 3 s.
+                proc.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*calls)
 
         answers = asyncio.run(drain())
