@@ -6,8 +6,9 @@
 For each model: `pretrain.quantize` into OUT/<name>_int8 (kept when there), `pretrain.evaluate`
 of both on EVAL.tsv (accuracy, macro-F1), the parameter bytes in memory and on disk, and the
 examples/s of `pretrain.predict`'s work (`session.run_prediction`: the jitted eval step over the
-texts of EVAL.tsv, the tokenizing included, compiled before timing) for all of them in turn in
-one process, `--runs` times: the median. Writes OUT/compression.json and OUT/compression.md.
+first `--speed_examples` texts of EVAL.tsv, tokenizing and writing included, compiled before
+timing) for all of them in turn in one process, `--runs` rounds: the median. Writes
+OUT/compression.json and OUT/compression.md; evaluations are kept in OUT/evals/ for a rerun.
 """
 
 from __future__ import annotations
@@ -52,35 +53,45 @@ def checkpoint_folder(workdir: Path) -> Path:
     return max((p for p in directory.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
-def measure(models: dict[str, Path], eval_file: str, out: Path, runs: int) -> list[dict]:
-    from pretrain.inference import session as session_lib
-
+def evaluate(models: dict[str, Path], eval_file: str, out: Path) -> list[dict]:
+    """`pretrain.evaluate` of each model (kept in OUT/evals/ for a rerun) and its sizes."""
     rows = []
     for name, workdir in models.items():
-        report_dir = out / "reports" / name.replace(" ", "_")
-        stdout = run(["pretrain.evaluate", f"--workdir={workdir}", f"--eval_file={eval_file}",
-                      f"--report_dir={report_dir}"])  # fmt: skip
-        metrics = json.loads(stdout.splitlines()[-1])
-        rows.append({"model": name, "workdir": str(workdir), **metrics})
+        slug = name.replace(" ", "_")
+        cached = out / "evals" / f"{slug}.json"
+        if not cached.exists():
+            stdout = run(["pretrain.evaluate", f"--workdir={workdir}", f"--eval_file={eval_file}",
+                          f"--report_dir={out / 'reports' / slug}"])  # fmt: skip
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            cached.write_text(stdout.splitlines()[-1] + "\n")
+        row = {"model": name, "workdir": str(workdir), **json.loads(cached.read_text())}
+        row["checkpoint_bytes"] = folder_bytes(checkpoint_folder(workdir))
+        rows.append(row)
+    return rows
+
+
+def time_predictions(rows: list[dict], eval_file: str, out: Path, runs: int, examples: int) -> None:
+    """Adds each model's parameter bytes and median examples/s of `run_prediction` on the first
+    `examples` texts of `eval_file`, every model once per round."""
+    from pretrain.inference import session as session_lib
+
     texts = out / "inputs.txt"
-    lines = Path(eval_file).read_text(encoding="utf-8").splitlines()
+    lines = Path(eval_file).read_text(encoding="utf-8").splitlines()[:examples]
     texts.write_text("".join(line.split("\t", 1)[1] + "\n" for line in lines), encoding="utf-8")
+    predictions = str(out / "predictions.jsonl")
     sessions = {r["model"]: session_lib.open_session(r["workdir"], mesh="1,1,1") for r in rows}
-    seconds: dict[str, list[float]] = {name: [] for name in sessions}
     for session in sessions.values():  # Compiles each model's step once, untimed.
-        session_lib.run_prediction(session, str(texts), str(out / "predictions.jsonl"))
-    for _ in range(runs):  # Side by side: every model once per round.
+        session_lib.run_prediction(session, str(texts), predictions)
+    seconds: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
         for name, session in sessions.items():
             start = time.perf_counter()
-            count = session_lib.run_prediction(session, str(texts), str(out / "predictions.jsonl"))
+            count = session_lib.run_prediction(session, str(texts), predictions)
             seconds[name].append(time.perf_counter() - start)
     for row in rows:
-        session = sessions[row["model"]]
-        row["param_bytes"] = sum(x.nbytes for x in jax.tree.leaves(session.params))
-        row["checkpoint_bytes"] = folder_bytes(checkpoint_folder(Path(row["workdir"])))
+        row["param_bytes"] = sum(x.nbytes for x in jax.tree.leaves(sessions[row["model"]].params))
         row["examples_per_sec"] = count / statistics.median(seconds[row["model"]])
         row["runs_s"] = [round(s, 3) for s in seconds[row["model"]]]
-    return rows
 
 
 def table(rows: list[dict]) -> str:
@@ -99,7 +110,8 @@ def main() -> None:
     p.add_argument("--models", required=True, help="name=FT_DIR,... (float32 fine-tuned)")
     p.add_argument("--eval_file", required=True)
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=3, help="timed rounds (0: evaluate only)")
+    p.add_argument("--speed_examples", type=int, default=1000, help="texts timed per round")
     p.add_argument("--activations", default="float32", choices=["float32", "int8"])
     a = p.parse_args()
     out = Path(a.output_dir)
@@ -113,10 +125,14 @@ def main() -> None:
                  f"--activations={a.activations}"])  # fmt: skip
         models[f"{name} float32"] = Path(workdir)
         models[f"{name} int8"] = quantized_dir
-    rows = measure(models, a.eval_file, out, a.runs)
-    (out / "compression.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "compression.md").write_text(table(rows))
-    print(table(rows))
+    rows = evaluate(models, a.eval_file, out)
+    if a.runs:
+        time_predictions(rows, a.eval_file, out, a.runs, a.speed_examples)
+        (out / "compression.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / "compression.md").write_text(table(rows))
+        print(table(rows))
+    else:
+        print(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
