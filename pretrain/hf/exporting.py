@@ -155,6 +155,11 @@ def restore_finetuning(workdir: str, step: int | None = None) -> Restored:
 def restore(workdir: str, step: int | None = None) -> Restored:
     """Any workdir's checkpoint: pretraining, or fine-tuning (its task's model)."""
     kind = claim.read_kind(workdir) or {"kind": "pretraining"}
+    if kind["kind"] == "quantized":  # Hugging Face's classes hold float weights.
+        raise ConfigError(
+            f"{workdir} is an int8 model of `pretrain.quantize`: export the float32 workdir it "
+            "was quantized from (named in its quantization.json)."
+        )
     if kind["kind"] == "finetuning":
         return restore_finetuning(workdir, step)
     return restore_pretraining(workdir, step)
