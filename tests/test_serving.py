@@ -69,7 +69,11 @@ def test_the_artifact_gives_predicts_outputs(served, predictor):
     assert manifest["format_version"] == artifact.FORMAT_VERSION
     assert (manifest["task"], manifest["buckets"], manifest["batch_size"]) == (
         "classification", [16, 32], 4)  # fmt: skip
-    assert manifest["step"] == 4 and manifest["project_version"]
+    assert (
+        manifest["step"] == 4
+        and manifest["project_version"]
+        and manifest["row_buckets"] == [1, 2, 4]
+    )
     assert manifest["outputs"]["logits"] == {"dtype": "float32", "shape": ["batch", 2]}
     predictor.warm_up()
     rows, tokens = predictor.predict(texts)  # 24 texts: several calls, short and long buckets.

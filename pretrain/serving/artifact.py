@@ -1,9 +1,10 @@
 """The serving artifact: a fine-tuned model's inference function serialized with `jax.export`.
 
-    SERVE_DIR/manifest.json        format_version, task, buckets, batch_size, inputs / outputs
+    SERVE_DIR/manifest.json        format_version, task, buckets, batch_size (row_buckets: the
+                                   batch sizes compiled at load), inputs / outputs
                                    (names, dtypes, shapes), step, source workdir, versions
-    SERVE_DIR/model_<S>.stablehlo  the task's eval step at [batch_size, S] (StableHLO, one per
-                                   bucket S): (parameter leaves, features) -> outputs
+    SERVE_DIR/model_<S>.stablehlo  the task's eval step at [batch, S], batch symbolic (StableHLO,
+                                   one per bucket S): (parameter leaves, features) -> outputs
     SERVE_DIR/params.npz           the parameter leaves, in the functions' argument order
     SERVE_DIR/config.json          the run's config (the task's data keys: max lengths, labels)
     SERVE_DIR/labels.json, tokenizer.model | vocab.txt   as in the workdir
@@ -35,7 +36,7 @@ from pretrain import tasks
 from pretrain.inference import session as session_lib
 from pretrain.models.config import EncoderConfig
 from pretrain.serving import inputs
-from pretrain.serving.predictor import Predictor, argument_avals, output_avals
+from pretrain.serving.predictor import Predictor, argument_avals, output_avals, row_buckets
 from pretrain.tasks.finetuning import load_labels, save_labels
 from pretrain.training.workdir import checkpoints_dir, tokenizer_file
 
@@ -118,10 +119,11 @@ def export_session(
 
     batch = _sample_batch(session, batch_size)
     leaf_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
+    (rows,) = jax.export.symbolic_shape("batch")  # Compiled for each row bucket at warm-up.
     functions = {}
     for bucket in buckets:
-        specs = {k: jax.ShapeDtypeStruct((batch_size, bucket, *v.shape[2:]) if v.ndim > 1
-                                         else v.shape, v.dtype)
+        specs = {k: jax.ShapeDtypeStruct((rows, bucket, *v.shape[2:]) if v.ndim > 1
+                                         else (rows,), v.dtype)
                  for k, v in batch.items()}  # fmt: skip
         functions[bucket] = jax.export.export(jax.jit(infer))(leaf_specs, specs)
     first = functions[buckets[0]]  # Described with the length axis named, as all buckets.
@@ -132,6 +134,7 @@ def export_session(
         "task": session.config.task,
         "buckets": buckets,
         "batch_size": batch_size,
+        "row_buckets": row_buckets(batch_size),
         "inputs": _described(features, buckets[0]),
         "outputs": _described(outputs, buckets[0]),
         "step": session.step,

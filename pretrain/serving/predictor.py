@@ -2,15 +2,16 @@
 
 The task builds the features of a batch of items exactly as `pretrain.predict` does (its
 `load_inputs` on the items written by `inputs.write_inputs`), at `max_seq_length` = the largest
-bucket. Each batch of `batch_size` rows is cut to the smallest bucket that holds its longest row
-(padding is zeros on the right, and attention never reads it), run through that bucket's
-compiled function, and the outputs that have a sequence axis are padded back (with 0, or -1e9
-for floats: what the model gives a padding position) so the task's own `prediction_rows` turns
-them into labels, entities, spans or embeddings.
+bucket. Each batch of `batch_size` rows is cut to the smallest length bucket that holds its
+longest row (padding is zeros on the right, and attention never reads it) and to the smallest
+row bucket (1, 2, 4, ...) that holds its rows (padding rows come last), run through that
+executable, and the outputs are padded back (with 0, or -1e9 for floats: what the model gives a
+padding position) so the task's own `prediction_rows` turns them into labels, entities, spans or
+embeddings, as from the full-size call.
 
-Every bucket is compiled ahead of time by `warm_up`; a compiled function refuses other shapes
-rather than compiling, so nothing compiles after warm-up (the small jitted softmax of
-classification's post-processing is warmed for every batch size too).
+Every (rows, length) pair is compiled ahead of time by `warm_up`; a compiled executable refuses
+other shapes rather than compiling, so nothing compiles after warm-up (the small jitted softmax
+of classification's post-processing is warmed for every number of items too).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class Predictor:
     """A task's model behind `jax.export`ed functions, one per sequence-length bucket.
 
     `functions[bucket]` is an `Exported` whose arguments are (parameter leaves, features of
-    [batch_size, bucket]); `info` is the manifest (`artifact.py`).
+    [batch, bucket]), the batch symbolic; it is compiled for each row bucket (`row_buckets`
+    of `info["batch_size"]`). `info` is the manifest (`artifact.py`).
     """
 
     def __init__(self, task: FinetuningTask, functions: dict[int, jax.export.Exported],
@@ -48,7 +50,8 @@ class Predictor:
         self.accepts = inputs.ACCEPTS[self.name]
         self._exported = functions
         self._params = jax.device_put(params)
-        self._compiled: dict[int, Any] = {}
+        self.row_buckets = row_buckets(self.batch_size)
+        self._compiled: dict[tuple[int, int], Any] = {}  # (rows, length) -> executable
         # Each bucket's features: (parameter leaves, features) are its arguments.
         self._features = {b: argument_avals(e)[1] for b, e in functions.items()}
         self._lock = threading.Lock()  # The task holds one batch's inputs at a time.
@@ -75,11 +78,13 @@ class Predictor:
         (default `batch_size`) once (the task's post-processing may jit per size), so that
         serving compiles nothing."""
         for bucket, exported in self._exported.items():
-            if bucket in self._compiled:
-                continue
-            self._compiled[bucket] = (
-                jax.jit(exported.call).lower(*argument_avals(exported)).compile()
-            )
+            params, features = argument_avals(exported)
+            for rows in self.row_buckets:
+                if (rows, bucket) not in self._compiled:
+                    shaped = {k: jax.ShapeDtypeStruct((rows, *a.shape[1:]), a.dtype)
+                              for k, a in features.items()}  # fmt: skip
+                    lowered = jax.jit(exported.call).lower(params, shaped)
+                    self._compiled[rows, bucket] = lowered.compile()
         for n in range(1, (max_items or self.batch_size) + 1):
             self.predict([self._sample("a")] * n)
 
@@ -118,19 +123,32 @@ class Predictor:
             return self.task.prediction_rows(outputs), tokens
 
     def _run(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One batch through the compiled function of the smallest bucket that holds it."""
-        longest = max(int(batch["input_mask"].sum(axis=1).max()), 1)
-        bucket = next(b for b in self.buckets if b >= longest)
-        features = {k: batch[k][:, : spec.shape[1]] if spec.ndim > 1 else batch[k]
+        """One batch through the executable of the smallest buckets that hold its rows up to the
+        last non-empty one (padding rows come last) and its longest row."""
+        lengths = batch["input_mask"].sum(axis=1)
+        used = int(np.flatnonzero(lengths)[-1]) + 1 if lengths.any() else 1
+        rows = next(r for r in self.row_buckets if r >= used)
+        bucket = next(b for b in self.buckets if b >= max(int(lengths.max()), 1))
+        features = {k: batch[k][:rows, : spec.shape[1]] if spec.ndim > 1 else batch[k][:rows]
                     for k, spec in self._features[bucket].items()}  # fmt: skip
-        out = jax.device_get(self._compiled[bucket](self._params, features))
-        for k in self._sequence_outputs:
-            if bucket < self.max_length:
-                width = [(0, 0)] * out[k].ndim
+        out = jax.device_get(self._compiled[rows, bucket](self._params, features))
+        for k, value in out.items():  # Back to the batch's shape, as the full-size call gives.
+            width = [(0, 0)] * value.ndim
+            width[0] = (0, len(lengths) - rows)
+            if k in self._sequence_outputs:
                 width[1] = (0, self.max_length - bucket)
-                fill = _PAD_LOGIT if np.issubdtype(out[k].dtype, np.floating) else 0
-                out[k] = np.pad(out[k], width, constant_values=fill)
+            fill = _PAD_LOGIT if np.issubdtype(value.dtype, np.floating) else 0
+            out[k] = np.pad(value, width, constant_values=fill)
         return out
+
+
+def row_buckets(batch_size: int) -> list[int]:
+    """Rows per model call: 1, 2, 4, ... below `batch_size`, and `batch_size`."""
+    out, r = [], 1
+    while r < batch_size:
+        out.append(r)
+        r *= 2
+    return out + [batch_size]
 
 
 def argument_avals(exported: jax.export.Exported) -> tuple[Any, ...]:
