@@ -64,6 +64,33 @@ def _too_long(predictor: Predictor, items: list[Item], settings: Settings) -> li
     return long
 
 
+async def _answer(request: Request, predictor: Predictor, settings: Settings,
+                  state: dict[str, Any]) -> JSONResponse:  # fmt: skip
+    """The response to one POST /v1/predict (see the module docstring)."""
+    if state["status"] != "ready":
+        return _error(503, f"the model is not ready ({state['status']}).", settings.retry_after_s)
+    try:
+        items = protocol.parse_predict(await request.body(), predictor.accepts,
+                                       settings.max_batch)  # fmt: skip
+        truncated = _too_long(predictor, items, settings)
+        rows = await state["batcher"].submit(items)
+    except protocol.RequestError as e:
+        return _error(e.status, e.reason)
+    except QueueFull:
+        return _error(503, f"the queue is full ({settings.max_queue} requests): retry later.",
+                      settings.retry_after_s)  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - this request's batch failed; the server goes on.
+        logging.exception("A batch failed.")
+        reason = " ".join(str(e).split()) or "no message"
+        return _error(500, f"the batch of this request failed: {type(e).__name__}: {reason}")
+    if predictor.name == "qa":  # Question ids are the positions in the request.
+        rows = [{**row, "id": str(i)} for i, row in enumerate(rows)]
+    body: dict[str, Any] = {"predictions": rows}
+    if truncated:
+        body["truncated"] = truncated
+    return JSONResponse(body)
+
+
 def create_app(predictor: Predictor, settings: Settings = Settings()) -> FastAPI:
     """The app; its lifespan starts the batcher and the warm-up, and drains on shutdown."""
     if settings.long_texts not in LONG_TEXTS:
@@ -95,37 +122,12 @@ def create_app(predictor: Predictor, settings: Settings = Settings()) -> FastAPI
 
     app = FastAPI(title="pretrain.serve", lifespan=lifespan)
 
-    async def answer(request: Request) -> JSONResponse:
-        if state["status"] != "ready":
-            return _error(503, f"the model is not ready ({state['status']}).",
-                          settings.retry_after_s)  # fmt: skip
-        try:
-            items = protocol.parse_predict(await request.body(), predictor.accepts,
-                                           settings.max_batch)  # fmt: skip
-            truncated = _too_long(predictor, items, settings)
-            rows = await state["batcher"].submit(items)
-        except protocol.RequestError as e:
-            return _error(e.status, e.reason)
-        except QueueFull:
-            return _error(503, f"the queue is full ({settings.max_queue} requests): retry later.",
-                          settings.retry_after_s)  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - this request's batch failed; the server goes on.
-            logging.exception("A batch failed.")
-            reason = " ".join(str(e).split()) or "no message"
-            return _error(500, f"the batch of this request failed: {type(e).__name__}: {reason}")
-        if predictor.name == "qa":  # Question ids are the positions in the request.
-            rows = [{**row, "id": str(i)} for i, row in enumerate(rows)]
-        body: dict[str, Any] = {"predictions": rows}
-        if truncated:
-            body["truncated"] = truncated
-        return JSONResponse(body)
-
     @app.post("/v1/predict")
     async def predict(request: Request) -> JSONResponse:
         start = time.perf_counter()
         metrics.in_flight.inc()
         try:
-            response = await answer(request)
+            response = await _answer(request, predictor, settings, state)
         finally:
             metrics.in_flight.dec()
         metrics.observe_request(response.status_code, time.perf_counter() - start)
