@@ -82,7 +82,7 @@ def _check_serialization() -> None:
     if importlib.util.find_spec("flatbuffers") is None:
         raise ConfigError(
             "serving artifacts need the flatbuffers package (jax.export's serialization): "
-            "pip install flatbuffers."
+            "pip install -e '.[serve]' (or pip install flatbuffers)."
         )
 
 
