@@ -33,6 +33,7 @@ from etils import epath
 from data_pipeline import files, vocab
 from data_pipeline.errors import ConfigError, MissingInputError
 from pretrain import tasks
+from pretrain.inference import quantized
 from pretrain.inference import session as session_lib
 from pretrain.models.config import EncoderConfig
 from pretrain.serving import inputs
@@ -241,9 +242,9 @@ def open_model(path: str, buckets_flag: str = "", batch_size: int = 8) -> Predic
         )
     if (root / MANIFEST).exists():
         return load(path)
-    if not checkpoints_dir(root).is_dir():
+    if not (checkpoints_dir(root).is_dir() or quantized.is_quantized(root)):
         raise MissingInputError(
             f"--model={path} is neither a serving artifact (no {MANIFEST}) nor a fine-tuning "
-            "workdir (no checkpoints/): give one of them."
+            "workdir (no checkpoints/) nor a `pretrain.quantize` one: give one of them."
         )
     return from_workdir(path, buckets_flag, batch_size)
