@@ -101,8 +101,9 @@ def _restore_params(checkpointer: Checkpointer, step: int, jitted: steps.Steps,
     return params
 
 
-def _task(root: epath.Path, config: ml_collections.ConfigDict, mesh: str) -> tuple:
-    """(the task without data, its mesh, its logical-axis rules) of a saved config."""
+def saved_task(root: epath.Path, config: ml_collections.ConfigDict) -> FinetuningTask:
+    """The task without data of a saved config, with the tokenizer and labels stored in `root`
+    (a fine-tuning workdir, or a folder with the same files: a serving artifact)."""
     if "task" not in config:
         raise ConfigError(f"{root} is not a fine-tuning workdir (its config has no task).")
     tokenizer = vocab.load(str(tokenizer_file(root)))
@@ -113,6 +114,12 @@ def _task(root: epath.Path, config: ml_collections.ConfigDict, mesh: str) -> tup
         config, model_config, load_labels(root, config.task) or []
     )
     task.tokenizer = tokenizer
+    return task
+
+
+def _task(root: epath.Path, config: ml_collections.ConfigDict, mesh: str) -> tuple:
+    """(the task without data, its mesh, its logical-axis rules) of a saved config."""
+    task = saved_task(root, config)
     task.pretrained_step = config.get("peft_base", {}).get("step")  # LoRA: its base.
     return task, make_mesh(mesh, config), tuple(config.mesh.logical_axis_rules)
 

@@ -30,12 +30,10 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from data_pipeline import files, vocab
+from data_pipeline import files
 from data_pipeline.errors import ConfigError, MissingInputError
-from pretrain import tasks
 from pretrain.inference import quantized
 from pretrain.inference import session as session_lib
-from pretrain.models.config import EncoderConfig
 from pretrain.serving import inputs
 from pretrain.serving.predictor import Predictor, argument_avals, output_avals, row_buckets
 from pretrain.tasks.finetuning import load_labels, save_labels
@@ -204,14 +202,7 @@ def load(directory: str) -> Predictor:
         )
     _check_serialization()
     config = ml_collections.ConfigDict(json.loads((root / CONFIG).read_text()))
-    tokenizer = vocab.load(str(tokenizer_file(root)))
-    model_config = EncoderConfig.from_config(
-        config.model, vocab_size=tokenizer.vocab_size, dtype=config.dtype
-    )
-    task = tasks.finetuning_task(config.task).for_model(
-        config, model_config, load_labels(root, config.task) or []
-    )
-    task.tokenizer = tokenizer
+    task = session_lib.saved_task(root, config)
     functions = {
         b: jax.export.deserialize(bytearray((root / f"model_{b}.stablehlo").read_bytes()))
         for b in info["buckets"]
