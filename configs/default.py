@@ -29,6 +29,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.dtype = "bfloat16"  # Compute dtype: 'bfloat16' | 'float32'. Parameters stay float32.
     c.max_bad_steps = 0  # Non-finite steps skipped (update dropped) before the run stops.
     c.prefetch_batches = 2  # Batches built and put on devices ahead of the step.
+    c.task = "mlm"  # 'mlm': masked LM (+ NSP) | 'distill': the same, also learning from distill.*.
+
+    # Distillation (task='distill'): the teacher is frozen in the same step, never saved.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""  # A pretraining workdir of `pretrain.train` with the same tokenizer.
+    c.distill.temperature = 2.0  # T: both MLM logits / T before the softmax; KL scaled by T^2.
+    c.distill.soft_weight = 0.5  # Weight of T^2 KL(teacher || student) at the masked positions.
+    c.distill.hard_weight = 0.5  # Weight of the student's own MLM (+ NSP) loss.
 
     c.data = data_config()
     c.model = model_config()

@@ -2,6 +2,7 @@
 
     python -m pretrain.train --config=configs/smoke.py --workdir=/tmp/bert_smoke \
         [--config.num_train_steps=1000 ...] \
+        [--config.task=distill --config.distill.teacher=PRETRAIN_DIR] \
         [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM saves and exits 0.
@@ -10,7 +11,7 @@ Resumes from the newest complete checkpoint in WORKDIR/checkpoints; on SIGTERM s
 from absl import app, flags
 from ml_collections import config_flags
 
-from pretrain import command
+from pretrain import command, tasks
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import loop
 
@@ -26,7 +27,10 @@ def main(argv: list[str], task_cls: type[PretrainingTask] = PretrainingTask) -> 
     command.start(argv, takes_config=True)
     command.check_config_kind(_CONFIG.value, "pretrain.train")
     command.initialize_distributed()
-    command.run_user_errors_as_one_line(lambda: loop.train(_CONFIG.value, _WORKDIR.value, task_cls))
+    config = _CONFIG.value
+    command.run_user_errors_as_one_line(
+        lambda: loop.train(config, _WORKDIR.value, tasks.pretraining_task(config, task_cls))
+    )
 
 
 if __name__ == "__main__":

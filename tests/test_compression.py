@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 
 from configs import finetune_classify
+from pretrain import tasks
 from pretrain.inference import quantized
 from pretrain.inference.session import open_session, run_evaluation
 from pretrain.models.params import named_leaves
@@ -21,13 +22,20 @@ from pretrain.training import sharding
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import ConfigError
 from pretrain.training.workdir import checkpoints_dir, finetuned_checkpoints
-from tests.cli_utils import run_module
-from tests.test_finetune import (  # noqa: F401 - keyword_task and keyword_run are fixtures.
+from tests.cli_utils import (
+    assert_one_line_error,
+    read_metrics,
+    run_module,
+    tiny_config,
+    tiny_overrides,
+)
+from tests.test_finetune import (  # noqa: F401 - keyword_task, keyword_run, pretrained: fixtures.
     TINY_MODEL,
     _steps,
     finetune_flags,
     keyword_run,
     keyword_task,
+    pretrained,
     read_rows,
 )
 
@@ -212,3 +220,93 @@ def test_quantize_mistakes_are_config_errors(quantized_run, tmp_path):
     (pretraining / "workdir.json").write_text(json.dumps({"kind": "pretraining"}))
     with pytest.raises(ConfigError, match="is a pretraining workdir"):
         open_session(str(pretraining))
+
+
+def _pretraining_config(data_dir, teacher, **values) -> ml_collections.ConfigDict:
+    """configs/smoke.py's tiny run (`tiny_config`), distilled from the pretraining `teacher`."""
+    data_dir.mkdir(exist_ok=True)
+    return tiny_config(
+        data_dir,
+        task="distill",
+        distill__teacher=str(teacher),
+        data__tokenizer_model=str(teacher / "tokenizer.model"),
+        **values,
+    )
+
+
+@pytest.mark.slow
+def test_mlm_distillation_of_a_student_identical_to_its_teacher(pretrained, tmp_path):
+    """At T=1 the KL is zero; a train step moves the student and leaves the teacher alone."""
+    config = _pretraining_config(tmp_path / "data", pretrained, distill__temperature=1.0)
+    task = tasks.pretraining_task(config).build(config, tmp_path)
+    mesh = sharding.create_mesh(
+        ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}), jax.devices()[:1]
+    )
+    jitted = _steps(task, config, mesh)
+    state = jitted.init(task.initial_params(jitted.abstract_state.params))
+    params = nnx.to_pure_dict(state.params)
+    params.update(params["teacher"])  # The student := the teacher.
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: task.make_model(nnx.Rngs(0))), nnx.Param)
+    nnx.replace_by_pure_dict(abstract, params)
+    batch = task.train_data.batch(0)
+    sums = task.loss_sums(nnx.merge(graphdef, abstract), batch, None)
+    assert float(sums["soft_sum"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(sums["mlm_loss_sum"]) > 0
+
+    before = {k: np.asarray(v) for k, v in named_leaves(state.params["teacher"]).items()}
+    state, metrics = jitted.train_step(state, batch)
+    for name, value in named_leaves(state.params["teacher"]).items():
+        np.testing.assert_array_equal(np.asarray(value), before[name], err_msg=name)
+    m = {k: float(v) for k, v in metrics.items()}
+    assert m["soft_loss"] > 0 and m["loss"] == pytest.approx(
+        0.5 * m["hard_loss"] + 0.5 * m["soft_loss"], rel=1e-5
+    )
+    assert "teacher" not in jitted.saveable(state).params
+
+
+@pytest.mark.slow
+def test_mlm_distillation_through_the_cli_saves_the_student_alone(pretrained, tmp_path):
+    workdir = tmp_path / "student"
+    (tmp_path / "data").mkdir()
+    flags = tiny_overrides(
+        tmp_path / "data",
+        task="distill",
+        distill__teacher=pretrained,
+        data__tokenizer_model=pretrained / "tokenizer.model",
+        num_train_steps=3,
+        model__hidden_size=16,
+        model__intermediate_size=32,
+    )
+    run_module("pretrain.train", ["--config=configs/smoke.py", f"--workdir={workdir}", *flags])
+    train_rows, eval_rows = read_metrics(workdir)
+    assert {"hard_loss", "soft_loss", "mlm_loss"} <= set(train_rows[3]) and 3 in eval_rows
+    saved = named_leaves(
+        ocp.PyTreeCheckpointHandler().metadata(checkpoints_dir(workdir) / "3" / "state").tree
+    )
+    assert any(n.startswith("params/encoder") for n in saved)
+    assert not any("teacher" in n for n in saved)
+
+
+@pytest.mark.slow
+def test_mlm_distillation_mistakes_are_one_line_config_errors(pretrained, tmp_path):
+    other = tmp_path / "other.model"
+    other.write_bytes(b"not the teacher's tokenizer")
+    cases = [
+        ({"data.tokenizer_model": str(other)}, "differs from the teacher's"),
+        ({"data.tokenizer_model": ""}, "tokenizer_model is empty"),
+        ({"distill.temperature": 0.0}, "must be > 0"),
+    ]
+    for values, message in cases:
+        config = _pretraining_config(tmp_path / "data", pretrained)
+        for key, value in values.items():
+            section, leaf = key.split(".")
+            config[section][leaf] = value
+        with pytest.raises(ConfigError, match=message):
+            tasks.pretraining_task(config).check_config(config)
+    flags = tiny_overrides(tmp_path / "data", task="distill", distill__teacher=tmp_path / "none")
+    proc = run_module(
+        "pretrain.train",
+        ["--config=configs/smoke.py", f"--workdir={tmp_path / 'w'}", *flags],
+        check=False,
+    )
+    assert_one_line_error(proc, "does not exist", "a pretraining workdir")

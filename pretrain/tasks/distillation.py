@@ -13,6 +13,11 @@ checkpoint by `initial_params` on every start), so it runs in the same jitted st
 the same logical axes, with no optimizer state, and is kept out of the student's checkpoints
 (`Task.frozen`): the student's workdir is an ordinary fine-tuning workdir. `distilled(cls)` is
 the task class: this mixin in front of the student's own task class.
+
+`--config.task=distill --config.distill.teacher=PRETRAIN_DIR` on a pretraining config does the
+same for masked LM (`distilled_pretraining`): the hard loss is the student's MLM (+ NSP) loss,
+the soft one the KL between the teacher's and the student's MLM distributions at the masked
+positions (weighted by masked_lm_weights). Both share `TeacherModel` (frozen, restored, unsaved).
 """
 
 from __future__ import annotations
@@ -28,15 +33,21 @@ from flax import nnx
 
 from pretrain.models.config import EncoderConfig
 from pretrain.tasks.finetuning import FinetuningTask, load_labels
+from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import claim
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import ConfigError
 from pretrain.training.metrics import status
-from pretrain.training.task import Batch, Sums
-from pretrain.training.workdir import finetuned_checkpoints, tokenizer_file
+from pretrain.training.task import Batch, Sums, Task
+from pretrain.training.workdir import checkpoints_dir, finetuned_checkpoints, tokenizer_file
 
 TEACHER = "teacher"  # The task model's attribute, and the top of the teacher's parameter paths.
 QUANTIZED_MARKER = "quantization.json"  # pretrain/inference/quantized.py writes it.
+# Workdir kind of a teacher -> (what to give, where its checkpoints are).
+TEACHER_KINDS = {
+    "finetuning": ("a fine-tuning workdir of `pretrain.finetune`", finetuned_checkpoints),
+    "pretraining": ("a pretraining workdir of `pretrain.train`", checkpoints_dir),
+}
 
 
 def is_teacher(names: tuple[str, ...]) -> bool:
@@ -63,7 +74,7 @@ def soft_loss(student: jax.Array, teacher: jax.Array, temperature: float) -> jax
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-    """A fine-tuned workdir to learn from: its checkpoint, saved config and labels."""
+    """A workdir to learn from: its checkpoint, saved config and labels (fine-tuning only)."""
 
     workdir: epath.Path
     directory: epath.Path  # Its best checkpoint's folder (else its newest).
@@ -72,39 +83,55 @@ class Teacher:
     labels: list[str]
 
 
-def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
-    """The teacher of `config.distill.teacher`, checked against the student's config and
-    tokenizer (cheap: saved configs and files only); ConfigError naming any mismatch."""
+def load_teacher(config: ml_collections.ConfigDict, kind: str = "finetuning") -> Teacher:
+    """The teacher of `config.distill.teacher`, a workdir of `kind`, checked against the
+    student's config and tokenizer (cheap: saved configs and files only); ConfigError naming
+    any mismatch."""
     path = config.distill.teacher
     root = epath.Path(path)
-    if not root.is_dir():
-        raise ConfigError(
-            f"config.distill.teacher={path} does not exist: give a fine-tuning "
-            "workdir of `pretrain.finetune`."
-        )
+    what, checkpoints = TEACHER_KINDS[kind]
+    if not path or not root.is_dir():
+        raise ConfigError(f"config.distill.teacher={path!r} does not exist: give {what}.")
     if (root / QUANTIZED_MARKER).exists():
         raise ConfigError(
             f"config.distill.teacher={path} is a quantized model: give the "
             "float32 workdir it was quantized from."
         )
-    kind = (claim.read_kind(root) or {}).get("kind")
-    if kind != "finetuning":
+    found = (claim.read_kind(root) or {}).get("kind")
+    if found != kind:
         raise ConfigError(
-            f"config.distill.teacher={path} is not a fine-tuning workdir ("
-            f"{kind or 'no run'}): give a workdir of `pretrain.finetune`."
+            f"config.distill.teacher={path} is not a {kind} workdir ({found or 'no run'}): "
+            f"give {what}."
         )
-    directory = finetuned_checkpoints(root)
+    directory = checkpoints(root)
     checkpointer = Checkpointer(directory)
     try:
         step = checkpointer.latest_step()
         if step is None:
             raise ConfigError(
                 f"config.distill.teacher={path} holds no complete checkpoint: "
-                "finish its fine-tuning first."
+                f"finish its {kind} first."
             )
         saved = ml_collections.ConfigDict(checkpointer.read_config(step))
     finally:
         checkpointer.close()
+    if kind == "finetuning":
+        _check_finetuned(config, saved, path)
+    _check_tokenizer(config, root)
+    teacher_positions = saved.model.max_position_embeddings
+    if config.data.max_seq_length > teacher_positions:
+        raise ConfigError(
+            f"config.data.max_seq_length={config.data.max_seq_length} exceeds the "
+            f"teacher's max_position_embeddings={teacher_positions}: lower it."
+        )
+    labels = (load_labels(root, saved.task) or []) if kind == "finetuning" else []
+    return Teacher(root, directory, step, saved, labels)
+
+
+def _check_finetuned(
+    config: ml_collections.ConfigDict, saved: ml_collections.ConfigDict, path: str
+) -> None:
+    """A fine-tuned teacher: of the student's task, and fully fine-tuned."""
     if saved.task != config.task:
         raise ConfigError(
             f"config.distill.teacher={path} was fine-tuned for task={saved.task!r}, "
@@ -115,23 +142,20 @@ def load_teacher(config: ml_collections.ConfigDict) -> Teacher:
             f"config.distill.teacher={path} is a LoRA run: give a fully "
             "fine-tuned teacher (peft.method='none')."
         )
-    _check_tokenizer(config, root)
-    teacher_positions = saved.model.max_position_embeddings
-    if config.data.max_seq_length > teacher_positions:
-        raise ConfigError(
-            f"config.data.max_seq_length={config.data.max_seq_length} exceeds the "
-            f"teacher's max_position_embeddings={teacher_positions}: lower it."
-        )
-    labels = load_labels(root, saved.task) or []
-    return Teacher(root, directory, step, saved, labels)
 
 
 def _check_tokenizer(config: ml_collections.ConfigDict, teacher: epath.Path) -> None:
     """Both read the same token ids only with the same tokenizer file."""
-    ours = tokenizer_file(config.init_from) if config.init_from else config.data.tokenizer_model
+    init_from = config.get("init_from")
+    ours = tokenizer_file(init_from) if init_from else config.data.tokenizer_model
+    theirs = tokenizer_file(teacher)
+    if not ours and init_from is None:  # Pretraining would train a tokenizer of its own.
+        raise ConfigError(
+            "config.data.tokenizer_model is empty: distill with the teacher's tokenizer, "
+            f"--config.data.tokenizer_model={theirs}."
+        )
     if not ours or not epath.Path(ours).exists():
         return  # The student's own checks name the missing tokenizer.
-    theirs = tokenizer_file(teacher)
     if epath.Path(ours).read_bytes() != theirs.read_bytes():
         raise ConfigError(
             f"the student's tokenizer {ours} differs from the teacher's {theirs}: "
@@ -153,10 +177,43 @@ def check_distill_config(config: ml_collections.ConfigDict) -> None:
         )
 
 
-class Distillation(FinetuningTask):
-    """Placed before the student's task class (see `distilled`); everything else is its."""
+class TeacherModel:
+    """Mixin of both distillations: the teacher as a frozen part of the task model, restored
+    from its workdir on every start (no optimizer state, not in the student's checkpoints)."""
 
     teacher: Teacher
+
+    def attach_teacher(self, teacher: Teacher) -> None:
+        self.teacher = teacher
+        student_frozen = self.frozen  # LoRA's, when the student uses adapters.
+        self.frozen = lambda names: (
+            is_teacher(names) or bool(student_frozen and student_frozen(names))
+        )
+
+    def teacher_task(self) -> Task:
+        """The teacher's task without data, computing in the student run's dtype."""
+        raise NotImplementedError
+
+    def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        model = super().make_model(rngs)  # First: the student's init is the one it has alone.
+        setattr(model, TEACHER, self.teacher_task().make_model(rngs))
+        return model
+
+    def initial_params(self, abstract_params: nnx.State) -> dict[str, Any]:
+        out = super().initial_params(abstract_params) or {}
+        checkpointer = Checkpointer(self.teacher.directory)
+        try:
+            restored = checkpointer.restore_params(self.teacher.step, abstract_params[TEACHER])
+        finally:
+            checkpointer.close()
+        status(f"Teacher restored from {self.teacher.directory}, step {self.teacher.step}.")
+        out[TEACHER] = nnx.to_pure_dict(restored)
+        return out
+
+
+class Distillation(TeacherModel, FinetuningTask):
+    """Placed before the student's task class (see `distilled`); everything else is its."""
+
     student_class: type[FinetuningTask]  # The task class both were fine-tuned with.
 
     @classmethod
@@ -180,36 +237,15 @@ class Distillation(FinetuningTask):
                 f"teacher's {teacher.labels} ({teacher.workdir}/labels.json): "
                 "fine-tune both on the same label set."
             )
-        task.teacher = teacher
-        student_frozen = task.frozen  # LoRA's, when the student uses adapters.
-        task.frozen = lambda names: (
-            is_teacher(names) or bool(student_frozen and student_frozen(names))
-        )
+        task.attach_teacher(teacher)
         return task
 
     def teacher_task(self) -> FinetuningTask:
-        """The teacher's task without data, computing in the student run's dtype."""
         saved = self.teacher.config
         model_config = EncoderConfig.from_config(
             saved.model, vocab_size=self.model_config.vocab_size, dtype=self.config.dtype
         )
         return self.student_class.for_model(saved, model_config, self.teacher.labels)
-
-    def make_model(self, rngs: nnx.Rngs) -> nnx.Module:
-        model = super().make_model(rngs)  # First: the student's init is the one it has alone.
-        setattr(model, TEACHER, self.teacher_task().make_model(rngs))
-        return model
-
-    def initial_params(self, abstract_params: nnx.State) -> dict[str, Any]:
-        out = super().initial_params(abstract_params) or {}
-        checkpointer = Checkpointer(self.teacher.directory)
-        try:
-            restored = checkpointer.restore_params(self.teacher.step, abstract_params[TEACHER])
-        finally:
-            checkpointer.close()
-        status(f"Teacher restored from {self.teacher.directory}, step {self.teacher.step}.")
-        out[TEACHER] = nnx.to_pure_dict(restored)
-        return out
 
     def loss_weights(self, batch: Batch) -> Sums:
         return {
@@ -250,3 +286,58 @@ def distilled(task_cls: type[FinetuningTask]) -> type[FinetuningTask]:
     return type(
         f"Distilled{task_cls.__name__}", (Distillation, task_cls), {"student_class": task_cls}
     )
+
+
+class PretrainingDistillation(TeacherModel, PretrainingTask):
+    """Masked LM (+ NSP) on the data, plus the teacher's MLM distributions at the masked
+    positions; evaluation is the student's own (MLM / NSP on the eval set)."""
+
+    @classmethod
+    def check_config(cls, config: ml_collections.ConfigDict) -> None:
+        super().check_config(config)
+        check_distill_config(config)
+        load_teacher(config, "pretraining")
+
+    @classmethod
+    def build(
+        cls, config: ml_collections.ConfigDict, workdir: epath.Path
+    ) -> PretrainingDistillation:
+        task = super().build(config, workdir)
+        task.attach_teacher(load_teacher(config, "pretraining"))
+        return task
+
+    def teacher_task(self) -> PretrainingTask:
+        task = PretrainingTask(self.teacher.config, self.model_config.vocab_size)
+        task.model_config = EncoderConfig.from_config(
+            self.teacher.config.model, vocab_size=self.model_config.vocab_size,
+            dtype=self.config.dtype,
+        )  # fmt: skip
+        return task
+
+    def loss_sums(self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
+        mlm_logits, nsp_logits = self._logits(model, batch, rngs)
+        sums = self._loss_terms(mlm_logits, nsp_logits, batch)
+        teacher, _ = self._logits(getattr(model, TEACHER), batch, None)
+        per_position = soft_loss(
+            mlm_logits, jax.lax.stop_gradient(teacher), self.config.distill.temperature
+        )
+        weights = batch["masked_lm_weights"]
+        sums["soft_sum"] = jnp.sum(jnp.where(weights > 0, weights * per_position, 0.0))
+        return sums
+
+    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
+        out = super().metrics(sums, weights)
+        d = self.config.distill
+        # The soft loss's denominator is the MLM one: the masked positions' weights.
+        out["hard_loss"], out["soft_loss"] = out["loss"], sums["soft_sum"] / weights["mlm"]
+        out["loss"] = d.hard_weight * out["hard_loss"] + d.soft_weight * out["soft_loss"]
+        return out
+
+
+def distilled_pretraining(
+    task_cls: type[PretrainingTask] = PretrainingTask,
+) -> type[PretrainingTask]:
+    """`task_cls` (pretraining) trained against `config.distill.teacher` as well."""
+    if task_cls is PretrainingTask:
+        return PretrainingDistillation
+    return type(f"Distilled{task_cls.__name__}", (PretrainingDistillation, task_cls), {})

@@ -94,8 +94,11 @@ class PretrainingTask(Task):
             weights["nsp"] = jnp.maximum(batch["next_sentence_weights"].sum(), 1.0)
         return weights
 
-    def _terms(self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
-        mlm_logits, nsp_logits = model(
+    def _logits(
+        self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """(MLM logits [B, P, V], NSP logits [B, 2] or None) of `model` on the batch."""
+        return model(
             batch["input_ids"],
             batch["input_mask"],
             batch["segment_ids"],
@@ -105,9 +108,16 @@ class PretrainingTask(Task):
             deterministic=rngs is None,
             rngs=rngs,
         )
+
+    def _loss_terms(
+        self, mlm_logits: jax.Array, nsp_logits: jax.Array | None, batch: Batch
+    ) -> Sums:
         if not self.nsp:
             return losses.mlm_loss_terms(mlm_logits, batch)
         return losses.pretraining_loss_terms(mlm_logits, nsp_logits, batch)
+
+    def _terms(self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
+        return self._loss_terms(*self._logits(model, batch, rngs), batch)
 
     def loss_sums(self, model: PreTrainingModel, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
         return self._terms(model, batch, rngs)
