@@ -68,6 +68,11 @@ def _program_record(
     program: compiled.Program,
 ) -> dict[str, Any]:
     model_flops = _model_flops_per_chip(config, program.name, common["chips"])
+    if program.out_of_memory:  # The compiler gave up: no program to read memory or time from.
+        return {"program": program.name, **common, **dict.fromkeys(RECORD_KEYS[5:], None),
+                "fits": False, "reason": program.out_of_memory, "collective_bytes": {},
+                "model_flops_per_chip": model_flops,
+                "compile_time_s": program.compile_time_s}  # fmt: skip
     used = program.total_bytes
     fits = not program.out_of_memory and used <= chip.hbm_bytes
     reason = program.out_of_memory or (
@@ -206,13 +211,16 @@ def _recommend(points: list[dict], chip: chips.Chip) -> dict[str, Any]:
     if not points:
         return {"best": None, "reason": "no point to compile: every per-chip batch must be a "
                 "multiple of grad_accum_steps, and a mesh must divide the chips"}  # fmt: skip
-    if all(p["flops_per_chip"] is None for p in points):
+    compiled_points = [p for p in points if p["flops_per_chip"] is not None]
+    if not compiled_points:
         least = min(p["state_bytes"] for p in points) / chips.GiB
         hbm = chip.hbm_bytes / chips.GiB
         why = (f"parameters and optimizer state alone need {least:.2f} GiB per chip on the "
                f"most sharded mesh, more than the {hbm:.0f} GiB of HBM")  # fmt: skip
+        refused = [p["reason"] for p in points if p["hbm_bytes_per_chip"] is None]
+        if refused:  # Compiled, and the compiler ran out of memory.
+            why = f"the compiler ran out of HBM at every compiled point ({refused[0]})"
     else:
-        compiled_points = [p for p in points if p["flops_per_chip"] is not None]
         least = min(compiled_points, key=lambda p: p["hbm_bytes_per_chip"])
         why = (f"activations do not fit even at the smallest per-chip batch: the best point "
                f"(mesh {least['mesh']}, remat {least['remat_policy']}, batch "
