@@ -72,6 +72,14 @@ def soft_loss(student: jax.Array, teacher: jax.Array, temperature: float) -> jax
     return temperature**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
+def soft_sum(student: jax.Array, teacher: jax.Array, weights: jax.Array, temperature: float
+             ) -> jax.Array:  # fmt: skip
+    """The weighted sum of `soft_loss` over [...] distributions, the teacher held constant; a
+    weight-0 (padding) row adds 0 even where its value is not finite."""
+    per_row = soft_loss(student, jax.lax.stop_gradient(teacher), temperature)
+    return jnp.sum(jnp.where(weights > 0, weights * per_row, 0.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Teacher:
     """A workdir to learn from: its checkpoint, saved config and labels (fine-tuning only)."""
@@ -210,6 +218,16 @@ class TeacherModel:
         out[TEACHER] = nnx.to_pure_dict(restored)
         return out
 
+    soft_denominator = "soft"  # The `loss_weights` entry that divides `soft_sum`.
+
+    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
+        out = super().metrics(sums, weights)
+        d = self.config.distill
+        soft = sums["soft_sum"] / weights[self.soft_denominator]
+        out["hard_loss"], out["soft_loss"] = out["loss"], soft
+        out["loss"] = d.hard_weight * out["hard_loss"] + d.soft_weight * soft
+        return out
+
 
 class Distillation(TeacherModel, FinetuningTask):
     """Placed before the student's task class (see `distilled`); everything else is its."""
@@ -256,21 +274,12 @@ class Distillation(TeacherModel, FinetuningTask):
     def loss_sums(self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs | None) -> Sums:
         logits = self.forward(model, batch, rngs)
         sums = self.hard_sums(logits, batch)
-        teacher = jax.lax.stop_gradient(self.forward(getattr(model, TEACHER), batch, None))
-        per_row = soft_loss(
-            self.soft_logits(logits), self.soft_logits(teacher), self.config.distill.temperature
-        )
-        weights = self.soft_weights(batch)
-        # where(): a weight-0 padding row contributes 0 even if its value is not finite.
-        sums["soft_sum"] = jnp.sum(jnp.where(weights > 0, weights * per_row, 0.0))
+        teacher = self.forward(getattr(model, TEACHER), batch, None)
+        sums["soft_sum"] = soft_sum(
+            self.soft_logits(logits), self.soft_logits(teacher), self.soft_weights(batch),
+            self.config.distill.temperature,
+        )  # fmt: skip
         return sums
-
-    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
-        out = super().metrics(sums, weights)
-        d = self.config.distill
-        out["hard_loss"], out["soft_loss"] = out["loss"], sums["soft_sum"] / weights["soft"]
-        out["loss"] = d.hard_weight * out["hard_loss"] + d.soft_weight * out["soft_loss"]
-        return out
 
     def checkpoint_record(self) -> dict[str, Any]:
         record = super().checkpoint_record()
@@ -291,6 +300,8 @@ def distilled(task_cls: type[FinetuningTask]) -> type[FinetuningTask]:
 class PretrainingDistillation(TeacherModel, PretrainingTask):
     """Masked LM (+ NSP) on the data, plus the teacher's MLM distributions at the masked
     positions; evaluation is the student's own (MLM / NSP on the eval set)."""
+
+    soft_denominator = "mlm"  # The soft loss is per masked position, as the MLM loss.
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -318,20 +329,9 @@ class PretrainingDistillation(TeacherModel, PretrainingTask):
         mlm_logits, nsp_logits = self._logits(model, batch, rngs)
         sums = self._loss_terms(mlm_logits, nsp_logits, batch)
         teacher, _ = self._logits(getattr(model, TEACHER), batch, None)
-        per_position = soft_loss(
-            mlm_logits, jax.lax.stop_gradient(teacher), self.config.distill.temperature
-        )
-        weights = batch["masked_lm_weights"]
-        sums["soft_sum"] = jnp.sum(jnp.where(weights > 0, weights * per_position, 0.0))
+        sums["soft_sum"] = soft_sum(mlm_logits, teacher, batch["masked_lm_weights"],
+                                    self.config.distill.temperature)  # fmt: skip
         return sums
-
-    def metrics(self, sums: Sums, weights: Sums) -> dict[str, jax.Array]:
-        out = super().metrics(sums, weights)
-        d = self.config.distill
-        # The soft loss's denominator is the MLM one: the masked positions' weights.
-        out["hard_loss"], out["soft_loss"] = out["loss"], sums["soft_sum"] / weights["mlm"]
-        out["loss"] = d.hard_weight * out["hard_loss"] + d.soft_weight * out["soft_loss"]
-        return out
 
 
 def distilled_pretraining(
