@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.distill.temperature = 2.0  # T: both MLM logits / T before the softmax; KL scaled by T^2.
     c.distill.soft_weight = 0.5  # Weight of T^2 KL(teacher || student) at the masked positions.
     c.distill.hard_weight = 0.5  # Weight of the student's own MLM (+ NSP) loss.
+    # DistilBERT's init: the student's encoder starts as the teacher's embeddings and every
+    # (L_teacher / L_student)-th layer; needs the teacher's arch and widths, and no init_from.
+    c.distill.init_layers = False
 
     c.data = data_config()
     c.model = model_config()

@@ -76,6 +76,9 @@ def get_config(task: str) -> ml_collections.ConfigDict:
     c.distill.temperature = 2.0  # T: both logits / T before the softmax; the KL is scaled by T^2.
     c.distill.soft_weight = 0.5  # Weight of T^2 KL(teacher || student) (regression: squared error).
     c.distill.hard_weight = 0.5  # Weight of the task's own loss on the gold labels.
+    # DistilBERT's init: the student's encoder starts as the teacher's embeddings and every
+    # (L_teacher / L_student)-th layer; needs the teacher's arch and widths, and no init_from.
+    c.distill.init_layers = False
 
     # Mesh and logical-axis rules: as pretraining (configs/default.py).
     c.mesh = default.mesh_config()

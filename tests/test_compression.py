@@ -17,7 +17,7 @@ from pretrain.inference import quantized
 from pretrain.inference.session import open_session, run_evaluation
 from pretrain.models.params import named_leaves
 from pretrain.tasks.classification import ClassificationTask
-from pretrain.tasks.distillation import distilled, soft_loss
+from pretrain.tasks.distillation import distilled, layer_init, soft_loss
 from pretrain.training import sharding
 from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import ConfigError
@@ -119,6 +119,39 @@ def test_the_teacher_is_frozen_on_the_8_device_mesh_and_not_saved(keyword_task, 
         0.5 * m["hard_loss"] + 0.5 * m["soft_loss"], rel=1e-5
     )
     assert "teacher" not in jitted.saveable(state).params
+
+
+def test_distilbert_init_takes_the_embeddings_and_every_other_layer():
+    teacher = {"embeddings": {"w": 1.0}, "pooler": {"k": 5.0},
+               "layers": {i: {"k": 10.0 + i} for i in range(4)}}  # fmt: skip
+    student = {
+        "embeddings": {"w": 0.0},
+        "pooler": {"k": 0.0},
+        "layers": {0: {"k": 0.0}, 1: {"k": 0.0}},
+    }
+    assert layer_init(student, teacher, teacher_layers=4) == {
+        "embeddings": {"w": 1.0}, "pooler": {"k": 5.0}, "layers": {0: {"k": 10.0}, 1: {"k": 12.0}}
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_distilbert_init_starts_the_student_as_the_teacher(keyword_task, keyword_run, tmp_path):
+    teacher_dir, _ = keyword_run
+    config = _config(keyword_task, teacher_dir, distill__init_layers="True", **TINY_MODEL)
+    task = distilled(ClassificationTask).build(config, tmp_path)
+    mesh = sharding.create_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1}),
+                                jax.devices()[:1])  # fmt: skip
+    jitted = _steps(task, config, mesh)
+    params = jitted.init(task.initial_params(jitted.abstract_state.params)).params
+    student = named_leaves(params["encoder"])
+    teacher = _teacher_params(teacher_dir)
+    assert student  # Every encoder tensor, the layers included, is the teacher's.
+    for name, value in student.items():
+        np.testing.assert_array_equal(np.asarray(value), teacher[f"encoder/{name}"], name)
+
+    narrow = _config(keyword_task, teacher_dir, distill__init_layers="True", **STUDENT)
+    with pytest.raises(ConfigError, match="model.hidden_size=16 must be the teacher's 32"):
+        distilled(ClassificationTask).check_config(narrow)
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from etils import epath
-from flax import nnx
+from flax import nnx, traverse_util
 
 from pretrain.models.config import EncoderConfig
 from pretrain.tasks.finetuning import FinetuningTask, load_labels
@@ -132,8 +132,55 @@ def load_teacher(config: ml_collections.ConfigDict, kind: str = "finetuning") ->
             f"config.data.max_seq_length={config.data.max_seq_length} exceeds the "
             f"teacher's max_position_embeddings={teacher_positions}: lower it."
         )
+    if config.distill.get("init_layers", False):
+        _check_layer_init(config, saved.model)
     labels = (load_labels(root, saved.task) or []) if kind == "finetuning" else []
     return Teacher(root, directory, step, saved, labels)
+
+
+def _check_layer_init(config: ml_collections.ConfigDict, teacher: ml_collections.ConfigDict
+                      ) -> None:  # fmt: skip
+    """DistilBERT's init copies tensors: the same architecture and widths, no more layers."""
+    if config.get("init_from"):
+        raise ConfigError(
+            "config.distill.init_layers and config.init_from both give the student's weights: "
+            "keep one."
+        )
+    # As the models will be built (unset fields take EncoderConfig's defaults).
+    student, teacher = (EncoderConfig.from_config(m, vocab_size=1, dtype=config.dtype)
+                        for m in (config.model, teacher))  # fmt: skip
+    for key in ("arch", "hidden_size", "intermediate_size", "num_attention_heads"):
+        if getattr(student, key) != getattr(teacher, key):
+            raise ConfigError(
+                f"config.distill.init_layers copies the teacher's layers: the student's "
+                f"model.{key}={getattr(student, key)} must be the teacher's "
+                f"{getattr(teacher, key)}."
+            )
+    if student.num_hidden_layers > teacher.num_hidden_layers:
+        raise ConfigError(
+            f"config.distill.init_layers: the student's {student.num_hidden_layers} layers "
+            f"exceed the teacher's {teacher.num_hidden_layers}."
+        )
+
+
+def layer_init(student: dict, teacher: dict, teacher_layers: int) -> dict:
+    """DistilBERT's init of a student encoder (the pure-dict tree `student`, for its paths and
+    depth) from a teacher encoder's: the same embeddings, pooler and norms, and student layer j
+    from teacher layer j * L_teacher // L_student (every other one at half the depth, so layer
+    0 stays layer 0 and ModernBERT's global layers land on global ones)."""
+    paths = traverse_util.flatten_dict(student)
+    student_layers = len(student.get("layers", {})) or 1
+    source = traverse_util.flatten_dict(teacher)
+    out = {}
+    for path in paths:
+        if path[0] == "layers":
+            j = int(path[1])
+            path_in_teacher = ("layers", type(path[1])(j * teacher_layers // student_layers),
+                               *path[2:])  # fmt: skip
+        else:
+            path_in_teacher = path
+        out[path] = source[path_in_teacher]
+    return traverse_util.unflatten_dict(out)
 
 
 def _check_finetuned(
@@ -216,6 +263,14 @@ class TeacherModel:
             checkpointer.close()
         status(f"Teacher restored from {self.teacher.directory}, step {self.teacher.step}.")
         out[TEACHER] = nnx.to_pure_dict(restored)
+        if self.config.distill.get("init_layers", False):
+            student = layer_init(
+                nnx.to_pure_dict(abstract_params["encoder"]), out[TEACHER]["encoder"],
+                self.teacher.config.model.num_hidden_layers,
+            )  # fmt: skip
+            # Copies: the init donates what it is given, and a buffer may be donated once.
+            out["encoder"] = jax.tree.map(jnp.copy, student)
+            status("Student encoder initialized from the teacher's layers (DistilBERT).")
         return out
 
     soft_denominator = "soft"  # The `loss_weights` entry that divides `soft_sum`.
