@@ -145,7 +145,7 @@ STOCK_CONFIGS = [
 @pytest.mark.parametrize("spec", STOCK_CONFIGS)
 def test_every_stock_config_runs_30_steps(spec):
     config = _stock(spec, 30)
-    if "task" in config:
+    if "init_from" in config:  # A fine-tuning config (pretraining ones have a task key too).
         config.init_from = "PRETRAIN_DIR"
         validation.check_finetuning(config, tasks=(config.task,))
     else:
