@@ -12,12 +12,13 @@ import glob
 import importlib.util
 import logging as py_logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
 import jax
 import ml_collections
-from absl import flags, logging
+from absl import app, flags, logging
 
 from pretrain import config_help
 from pretrain.training.errors import UserError
@@ -63,11 +64,12 @@ def parse_flags(argv: list[str]) -> list[str]:
         _config_file_error(e, argv)
     except flags.Error as e:
         # Parsed, then only a required flag missing: enough to list or print the config.
-        showing = FLAGS.is_parsed() and (help_asked or FLAGS.show_config)
+        show_config = "show_config" in FLAGS and FLAGS.show_config  # Only commands with --config.
+        showing = FLAGS.is_parsed() and (help_asked or show_config)
         if "Error whilst parsing config file" in str(e):  # ml_collections' wrapper of the cause.
             _config_file_error(e, argv)
         elif not showing:
-            fail(f"{e}. Run with --helpfull to list flags.")
+            fail(_flag_error_line(e))
         remaining = argv[:1]
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an unknown key or a value of the wrong type.
@@ -86,6 +88,17 @@ def parse_flags(argv: list[str]) -> list[str]:
             _load_config_file(argv)
         config_help.show_and_exit(help_asked)
     return remaining
+
+
+def _flag_error_line(error: flags.Error) -> str:
+    """absl's flag error (one line per missing required flag) as one line."""
+    missing = re.findall(r"Flag --(\w+) must have a value other than None", str(error))
+    if missing:
+        names = ", ".join(f"--{name}" for name in missing)
+        them = "it" if len(missing) == 1 else "them"
+        return f"missing {names}: give {them} (--help lists the flags)."
+    detail = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{detail.rstrip('.')}. Run with --helpfull to list flags."
 
 
 def _load_config_file(argv: list[str]) -> None:
@@ -128,6 +141,11 @@ def main_of(work: Callable[[], None], *, distributed: bool = False) -> Callable[
         run_user_errors_as_one_line(work)
 
     return main
+
+
+def run(work: Callable[[], None], *, distributed: bool = False) -> None:
+    """`python -m pretrain.X` for a command without --config: absl flags, then `main_of(work)`."""
+    app.run(main_of(work, distributed=distributed), flags_parser=parse_flags)
 
 
 def run_user_errors_as_one_line(fn: Callable[[], None]) -> None:

@@ -10,7 +10,7 @@ FILE holds one text per line. OUT.npy is float32 [lines, hidden]; OUT.jsonl has 
 eval step, on any mesh.
 """
 
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.inference import embedding
@@ -36,8 +36,5 @@ def _embed() -> None:
     )
 
 
-main = command.main_of(_embed, distributed=True)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_embed, distributed=True)

@@ -11,7 +11,7 @@ precision / recall / F1 / support) and, for classification, `confusion_matrix.pn
 
 import os
 
-from absl import app, flags
+from absl import flags
 from etils import epath
 
 from pretrain import command
@@ -38,8 +38,5 @@ def _evaluate() -> None:
     print(session_lib.json_row(row))
 
 
-main = command.main_of(_evaluate, distributed=True)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_evaluate, distributed=True)

@@ -9,7 +9,7 @@ A pretraining workdir gives `BertForPreTraining` (BERT, NSP recipe), `BertForMas
 (safetensors, tokenizers); see pretrain/hf/exporting.py for the layout.
 """
 
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.hf import exporting
@@ -28,8 +28,5 @@ def _export() -> None:
     )
 
 
-main = command.main_of(_export)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_export)

@@ -9,7 +9,7 @@ labels, config and a manifest (pretrain/serving/artifact.py). `python -m pretrai
 --model=SERVE_DIR` serves it; loading it needs JAX and the tokenizer, not the model code.
 """
 
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.serving import artifact
@@ -32,8 +32,5 @@ def _export() -> None:
     )
 
 
-main = command.main_of(_export)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_export)

@@ -9,7 +9,7 @@ pretraining (`python -m pretrain.train --config=NEW_DIR/pretrain_config.py --wor
 See pretrain/hf/importing.py for what is written.
 """
 
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.hf import importing
@@ -34,8 +34,5 @@ def _import() -> None:
     )
 
 
-main = command.main_of(_import)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_import)

@@ -10,7 +10,7 @@ object per example, in input order: `label` and `probability` (regression: `scor
 eval step of fine-tuning, on any mesh (--mesh).
 """
 
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.inference import session as session_lib
@@ -29,8 +29,5 @@ def _predict() -> None:
     print(f"Wrote {count} predictions (step {session.step}) to {_OUTPUT.value}")
 
 
-main = command.main_of(_predict, distributed=True)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_predict, distributed=True)

@@ -10,7 +10,7 @@ fly (dynamic range).
 """
 
 import jax
-from absl import app, flags
+from absl import flags
 from etils import epath
 from flax import nnx
 
@@ -52,8 +52,5 @@ def _quantize() -> None:
     print(f"Wrote the int8 model of {root} (step {session.step}) to {output}")
 
 
-main = command.main_of(_quantize)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_quantize)

@@ -14,7 +14,7 @@ import signal
 import socket
 
 import uvicorn
-from absl import app, flags
+from absl import flags
 
 from pretrain import command
 from pretrain.serving import app as app_lib
@@ -72,8 +72,5 @@ def _serve() -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-main = command.main_of(_serve)
-
-
 if __name__ == "__main__":
-    app.run(main, flags_parser=command.parse_flags)
+    command.run(_serve)

@@ -141,6 +141,7 @@ def test_loss_on_8_devices_equals_one_device_with_the_same_global_batch():
 def test_gradient_accumulation_is_refused_with_one_clear_line(capsys):
     config = finetune_retrieval.get_config()
     config.grad_accum_steps, config.data.tokenizer_model = 2, "sp.model"
+    config.data.train_file = "pairs.tsv"
     code, err = run_in_process(lambda: RetrievalTask.check_config(config), capsys)
     assert code == 2 and err[-1].startswith("error: config.grad_accum_steps=2")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.cli_utils import read_metrics, run_module, tiny_overrides
+from tests.cli_utils import assert_one_line_error, read_metrics, run_module, tiny_overrides
 
 pytestmark = pytest.mark.slow  # Every test here drives the command line in subprocesses.
 
@@ -139,3 +139,16 @@ def test_a_config_file_that_is_missing_or_for_the_other_command(tmp_path, module
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert lines[-1].startswith("error: ") and message in lines[-1]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("pretrain.evaluate", ["--workdir=w"], "missing --eval_file: give it"),  # No --config.
+        ("pretrain.export_hf", [], "missing --workdir, --output: give them"),
+        ("pretrain.train", ["--config=configs/smoke.py"], "missing --workdir: give it"),
+    ],
+)
+def test_a_missing_required_flag_is_one_line(module, args, message):
+    proc = run_module(module, args, check=False)
+    assert assert_one_line_error(proc, message)

@@ -33,6 +33,7 @@ from data_pipeline.order import PaddedEvalBatches, ShuffledBatches, TokenBatcher
 from data_pipeline.tasks.examples import (
     RawExamples,
     check_label_column,
+    parses_as,
     read_examples,
     skip_header,
 )
@@ -51,17 +52,9 @@ def label_vocabulary(examples: RawExamples, task: str) -> list[str]:
     if examples.label_names is not None:
         return list(examples.label_names)
     distinct = set(examples.label)
-    if all(_is_int(x) for x in distinct):
+    if all(parses_as(int, x) for x in distinct):
         return sorted(distinct, key=int)
     return sorted(distinct)
-
-
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
 
 
 def encode_labels(

@@ -142,9 +142,10 @@ def _looks_like_header(labels: list[str]) -> bool:
     return len(labels) >= 6 and counts[labels[0]] == 1 and bool(others) and min(others) >= 2
 
 
-def _is_number(text: str) -> bool:
+def parses_as(kind: type, text: str) -> bool:
+    """Whether `kind(text)` succeeds: `int` for integer class ids, `float` for scores."""
     try:
-        float(text)
+        kind(text)
     except ValueError:
         return False
     return True
@@ -172,7 +173,7 @@ def skip_header(
     first, rest = examples.label[0], examples.label[1:]
     if has_header is None:
         if task == "regression":
-            likely = not _is_number(first) and all(_is_number(x) for x in rest)
+            likely = not parses_as(float, first) and all(parses_as(float, x) for x in rest)
         elif known is not None:
             likely = first not in known and first not in rest
         else:

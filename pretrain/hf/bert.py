@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.errors import DataError
-from pretrain.hf.tensors import Tensor, config_sizes, linear, norm, table_entry
+from pretrain.hf.tensors import Tensor, config_sizes, dims, linear, norm, shared_fields, table_entry
 from pretrain.models.config import EncoderConfig
 
 CLASSES = {
@@ -37,8 +37,7 @@ _TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 def table(config: EncoderConfig, head: str, num_labels: int = 0) -> list[Tensor]:
     """Every tensor of the transformers class of `head`, in state-dict order."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    n, d = config.num_attention_heads, config.head_dim
+    h, i, v, n, d = dims(config)
     emb = ("encoder", "embeddings")
     out = [
         table_entry("bert.embeddings.word_embeddings", (*emb, "word_embeddings"), v, h),
@@ -134,17 +133,11 @@ def config_to_hf(config: EncoderConfig, head: str, tokenizer: Any) -> dict[str, 
     return {
         "architectures": [CLASSES[head]],
         "model_type": "bert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "intermediate_size": config.intermediate_size,
+        **shared_fields(config),
         "hidden_act": _ACT_TO_HF[config.hidden_act],
         "hidden_dropout_prob": config.hidden_dropout_prob,
         "attention_probs_dropout_prob": config.attention_probs_dropout_prob,
-        "max_position_embeddings": config.max_position_embeddings,
         "type_vocab_size": config.type_vocab_size,
-        "initializer_range": config.initializer_range,
         "layer_norm_eps": config.layer_norm_eps,
         "position_embedding_type": "absolute",
         "pad_token_id": int(tokenizer.pad_id) if tokenizer is not None else 0,

@@ -18,7 +18,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from data_pipeline.errors import DataError
-from pretrain.hf.tensors import Tensor, config_sizes, fused, linear, norm, table_entry
+from pretrain.hf.tensors import (
+    Tensor,
+    config_sizes,
+    dims,
+    fused,
+    linear,
+    norm,
+    shared_fields,
+    table_entry,
+)
 from pretrain.models.config import EncoderConfig
 
 CLASSES = {
@@ -34,8 +43,7 @@ TIED = "decoder.weight"
 
 def table(config: EncoderConfig, head: str, num_labels: int = 0) -> list[Tensor]:
     """Every tensor of the transformers class of `head`, in state-dict order."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    n, d = config.num_attention_heads, config.head_dim
+    h, i, v, n, d = dims(config)
     emb = ("encoder", "embeddings")
     out = [
         table_entry("model.embeddings.tok_embeddings", (*emb, "tok_embeddings"), v, h),
@@ -89,15 +97,9 @@ def config_to_hf(config: EncoderConfig, head: str, tokenizer: Any) -> dict[str, 
     return {
         "architectures": [CLASSES[head]],
         "model_type": "modernbert",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
+        **shared_fields(config),
         "hidden_activation": _ACT_TO_HF[config.hidden_act],
         "classifier_activation": _ACT_TO_HF[config.hidden_act],
-        "max_position_embeddings": config.max_position_embeddings,
-        "initializer_range": config.initializer_range,
         "norm_eps": config.layer_norm_eps,
         "norm_bias": False,
         "attention_bias": False,

@@ -66,6 +66,22 @@ class Tensor:
         return np.concatenate([p.reshape(d_in, -1) for p in parts], axis=1).T
 
 
+def dims(config: Any) -> tuple[int, int, int, int, int]:
+    """(hidden, intermediate, vocab, heads, head_dim) of an `EncoderConfig`: a table's sizes."""
+    return (config.hidden_size, config.intermediate_size, config.vocab_size,
+            config.num_attention_heads, config.head_dim)  # fmt: skip
+
+
+# config.json fields that BERT and ModernBERT name as we do.
+SHARED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "max_position_embeddings", "initializer_range")  # fmt: skip
+
+
+def shared_fields(config: Any) -> dict[str, Any]:
+    """The `SHARED_FIELDS` of an `EncoderConfig`, for its HF `config.json`."""
+    return {name: getattr(config, name) for name in SHARED_FIELDS}
+
+
 def linear(
     hf: str,
     path: Path,

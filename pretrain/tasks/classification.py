@@ -55,14 +55,13 @@ class ClassificationTask(FinetuningTask):
 
     tasks = ("classification", "regression")
     export_head = "classification"
+    train_format = "a TSV file (label<TAB>text) or tfds:NAME"
 
     def __init__(self, config, model_config, pretrained_step, dataset: data.ClassificationData):
-        super().__init__(config, model_config, pretrained_step)
+        super().__init__(config, model_config, pretrained_step, dataset.train, dataset.eval)
         self.dataset = dataset
         self.labels = dataset.labels  # [] for regression.
         self.regression = not self.labels
-        self.train_data = dataset.train
-        self.eval_data = dataset.eval
         self.best_metric = best_metric(config, self.labels)
 
     @classmethod

@@ -132,6 +132,7 @@ class FinetuningTask(Task):
     kind = "finetuning"
     tasks: tuple[str, ...] = ()  # The config.task values this class trains.
     export_head: str  # The Hugging Face class it exports to (pretrain/hf/convert.py heads).
+    train_format: str  # What config.data.train_file holds, for the error when it is empty.
 
     @classmethod
     def for_model(
@@ -189,6 +190,8 @@ class FinetuningTask(Task):
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
         validation.check_finetuning(config, cls.tasks)
+        if not config.data.train_file.strip():
+            raise ConfigError(f"config.data.train_file is empty: set it to {cls.train_format}.")
 
     @staticmethod
     def prepare(
@@ -216,11 +219,18 @@ class FinetuningTask(Task):
         config: ml_collections.ConfigDict,
         model_config: EncoderConfig,
         pretrained_step: int | None,
+        train: Any = None,
+        evals: Any = None,
     ):
+        """`train` / `evals`: the task's batch readers (None: a task built for its model only)."""
         self.config = config
         self.model_config = model_config
         self.pretrained_step = pretrained_step
         self.seq_len = config.data.max_seq_length
+        self.train_data = train
+        self.eval_data = evals
+        if config.best_metric:  # The task's class attribute is its default.
+            self.best_metric = config.best_metric
         if self.lora:
             self.frozen = lora.is_frozen  # Only adapters and the task head train.
 

@@ -52,16 +52,13 @@ class QaTask(FinetuningTask):
 
     tasks = ("qa",)
     export_head = "qa"
+    train_format = "SQuAD JSON or tfds:squad"
     best_metric = "eval_f1"
 
     def __init__(self, config, model_config, pretrained_step, train=None, evals=None,
                  eval_questions=None):  # fmt: skip
-        super().__init__(config, model_config, pretrained_step)
-        self.train_data = train
-        self.eval_data = evals
+        super().__init__(config, model_config, pretrained_step, train, evals)
         self.eval_questions = eval_questions
-        if config.best_metric:
-            self.best_metric = config.best_metric
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -72,8 +69,6 @@ class QaTask(FinetuningTask):
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> QaTask:
         tokenizer, step, pretrained = cls.prepare(config, workdir)
         c = config.data
-        if not c.train_file.strip():
-            raise DataError("config.data.train_file is empty: set it to SQuAD JSON or tfds:squad.")
         train_questions = squad.read_questions(c.train_file.strip())
         cls._check_version(train_questions, config)
         windows = squad.make_windows(train_questions, tokenizer, c)

@@ -48,13 +48,13 @@ class RetrievalTask(FinetuningTask):
 
     tasks = ("retrieval",)
     export_head = "none"  # The plain encoder (BertModel / ModernBertModel) + pooling modules.
+    train_format = "a pairs TSV file (query<TAB>positive[<TAB>negative...])"
+    best_metric = "eval_ndcg_at_10"
 
     def __init__(self, config, model_config, pretrained_step, train_data=None):
-        super().__init__(config, model_config, pretrained_step)
-        self.train_data = train_data
+        super().__init__(config, model_config, pretrained_step, train_data)
         self.beir: beir.BeirSet | None = None
         self.pooling = config.retrieval.pooling
-        self.best_metric = config.best_metric or "eval_ndcg_at_10"
 
     @classmethod
     def check_config(cls, config: ml_collections.ConfigDict) -> None:
@@ -82,8 +82,6 @@ class RetrievalTask(FinetuningTask):
     @classmethod
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> RetrievalTask:
         tokenizer, step, pretrained = cls.prepare(config, workdir)
-        if not config.data.train_file.strip():
-            raise ConfigError("config.data.train_file is empty: set it to a pairs TSV file.")
         pairs = beir.read_pairs(config.data.train_file.strip())
         train = beir.train_batches(
             pairs,

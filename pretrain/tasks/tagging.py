@@ -21,7 +21,6 @@ from etils import epath
 from flax import nnx
 
 from data_pipeline import files
-from data_pipeline.errors import DataError
 from data_pipeline.tasks import conll
 from data_pipeline.tasks import tagging as data
 from pretrain.models.heads import TokenClassifier
@@ -49,17 +48,14 @@ class TaggingTask(FinetuningTask):
 
     tasks = ("tagging",)
     export_head = "token"
+    train_format = "a CoNLL file or tfds:NAME"
     best_metric = "eval_entity_f1"
 
     def __init__(self, config, model_config, pretrained_step, labels: list[str],
                  train=None, evals=None, eval_sentences=None):  # fmt: skip
-        super().__init__(config, model_config, pretrained_step)
+        super().__init__(config, model_config, pretrained_step, train, evals)
         self.labels = labels
-        self.train_data = train
-        self.eval_data = evals
         self.eval_sentences = eval_sentences
-        if config.best_metric:
-            self.best_metric = config.best_metric
 
     @classmethod
     def for_model(cls, config, model_config, labels: list[str]) -> TaggingTask:
@@ -72,8 +68,6 @@ class TaggingTask(FinetuningTask):
     def build(cls, config: ml_collections.ConfigDict, workdir: epath.Path) -> TaggingTask:
         tokenizer, step, pretrained = cls.prepare(config, workdir)
         c = config.data
-        if not c.train_file.strip():
-            raise DataError("config.data.train_file is empty: set it to a CoNLL file or tfds:NAME.")
         train_sentences = conll.read_sentences(c.train_file.strip(), c)
         labels = load_labels(workdir, config.task) or data.label_vocabulary(train_sentences)
         save_labels(workdir, config.task, labels)
