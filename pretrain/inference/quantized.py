@@ -31,11 +31,10 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from data_pipeline import files
-from pretrain.tasks.distillation import QUANTIZED_MARKER
 from pretrain.tasks.finetuning import LABELS_FILE, FinetuningTask
 from pretrain.training import claim
 from pretrain.training.errors import ConfigError
-from pretrain.training.workdir import TOKENIZER_FILES
+from pretrain.training.workdir import QUANTIZED_MARKER, TOKENIZER_FILES
 
 MARKER = QUANTIZED_MARKER
 PARAMS_DIR = "params"

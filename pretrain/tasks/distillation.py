@@ -39,10 +39,14 @@ from pretrain.training.checkpoint import Checkpointer
 from pretrain.training.errors import ConfigError
 from pretrain.training.metrics import status
 from pretrain.training.task import Batch, Sums, Task
-from pretrain.training.workdir import checkpoints_dir, finetuned_checkpoints, tokenizer_file
+from pretrain.training.workdir import (
+    QUANTIZED_MARKER,
+    checkpoints_dir,
+    finetuned_checkpoints,
+    tokenizer_file,
+)
 
 TEACHER = "teacher"  # The task model's attribute, and the top of the teacher's parameter paths.
-QUANTIZED_MARKER = "quantization.json"  # pretrain/inference/quantized.py writes it.
 # Workdir kind of a teacher -> (what to give, where its checkpoints are).
 TEACHER_KINDS = {
     "finetuning": ("a fine-tuning workdir of `pretrain.finetune`", finetuned_checkpoints),

@@ -34,6 +34,7 @@ TOKENIZER_FILE = "tokenizer.model"
 WORDPIECE_FILE = wordpiece.VOCAB_FILE
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"  # Fine-tuning: the checkpoint with the best eval metric.
+QUANTIZED_MARKER = "quantization.json"  # A `pretrain.quantize` output (pretrain/inference/).
 # Every file a workdir's tokenizer may consist of (sentencepiece or WordPiece).
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer.vocab", WORDPIECE_FILE, wordpiece.CONFIG_FILE)
 
