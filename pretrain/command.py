@@ -64,7 +64,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         _config_file_error(e, argv)
     except flags.Error as e:
         # Parsed, then only a required flag missing: enough to list or print the config.
-        show_config = "show_config" in FLAGS and FLAGS.show_config  # Only commands with --config.
+        # --show_config exists only on commands with --config; `.value` reads it unparsed too.
+        show_config = "show_config" in FLAGS and FLAGS["show_config"].value
         showing = FLAGS.is_parsed() and (help_asked or show_config)
         if "Error whilst parsing config file" in str(e):  # ml_collections' wrapper of the cause.
             _config_file_error(e, argv)
