@@ -32,7 +32,7 @@ def test_dry_run_prints_every_line_of_the_check(tmp_path):
     assert rows[0]["check"] == "device" and rows[0]["platform"] == "cpu"
     bench = [r for r in rows if r["check"] == "benchmark"]
     combos = {(r["model"], r["seq"], r["attention"], r["remat"]) for r in bench}
-    assert len(bench) == len(combos) == 2 * 2 * 2 * 2
+    assert len(bench) == len(combos) == 2 * 1 * 2 * 2  # Models, lengths (one dry), paths, remat.
     for r in bench:
         if r["attention"] == "cudnn":
             assert r["status"] == "skipped"
