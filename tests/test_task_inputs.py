@@ -7,8 +7,10 @@ import logging
 import jax
 import pytest
 
-from configs import finetune_qa, finetune_tokens
+from configs import finetune_classify, finetune_qa, finetune_retrieval, finetune_tokens
+from pretrain.tasks.classification import ClassificationTask
 from pretrain.tasks.qa import QaTask
+from pretrain.tasks.retrieval import RetrievalTask
 from pretrain.tasks.tagging import TaggingTask
 from pretrain.training import loop
 from tests.cli_utils import MODEL_COMPILE, run_in_process
@@ -87,3 +89,21 @@ def test_doc_stride_longer_than_a_window(tokenizer, tmp_path, capsys, caplog):
     config = _config(finetune_qa, tokenizer, train_file=str(tmp_path / "train.json"),
                      max_seq_length=128, doc_stride=100)  # fmt: skip
     _fails(QaTask, config, tmp_path / "w", capsys, caplog, "data.doc_stride=100")
+
+
+@pytest.mark.parametrize(
+    "module, task, what",
+    [
+        (finetune_classify, ClassificationTask, "a TSV file (label<TAB>text) or tfds:NAME"),
+        (finetune_tokens, TaggingTask, "a CoNLL file or tfds:NAME"),
+        (finetune_qa, QaTask, "SQuAD JSON or tfds:squad"),
+        (finetune_retrieval, RetrievalTask, "a pairs TSV file"),
+    ],
+)
+def test_an_empty_train_file_is_refused_before_the_workdir_is_made(
+    module, task, what, tokenizer, tmp_path, capsys, caplog
+):
+    config = _config(module, tokenizer, train_file=" ")
+    workdir = tmp_path / "ft"
+    _fails(task, config, workdir, capsys, caplog, "config.data.train_file is empty", what)
+    assert not workdir.exists()

@@ -150,5 +150,4 @@ def test_a_config_file_that_is_missing_or_for_the_other_command(tmp_path, module
     ],
 )
 def test_a_missing_required_flag_is_one_line(module, args, message):
-    proc = run_module(module, args, check=False)
-    assert assert_one_line_error(proc, message)
+    assert_one_line_error(run_module(module, args, check=False), message)

@@ -18,7 +18,16 @@ from typing import Any
 import numpy as np
 
 from data_pipeline.errors import DataError
-from pretrain.hf.tensors import Tensor, config_sizes, dims, linear, norm, shared_fields, table_entry
+from pretrain.hf.tensors import (
+    SIZE_FIELDS,
+    Tensor,
+    config_sizes,
+    dims,
+    linear,
+    norm,
+    shared_fields,
+    table_entry,
+)
 from pretrain.models.config import EncoderConfig
 
 CLASSES = {
@@ -153,10 +162,7 @@ def config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
             f"HF config position_embedding_type={position_type!r}: only absolute (learned) "
             "positions are supported."
         )
-    fields = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "max_position_embeddings", "type_vocab_size",
-    )  # fmt: skip
+    fields = (*SIZE_FIELDS, "type_vocab_size")
     kwargs = config_sizes(hf_config, fields, "hidden_act", "BERT")
     kwargs["arch"] = "bert"
     # HF defaults for the optional fields.

@@ -19,6 +19,7 @@ from typing import Any
 
 from data_pipeline.errors import DataError
 from pretrain.hf.tensors import (
+    SIZE_FIELDS,
     Tensor,
     config_sizes,
     dims,
@@ -121,9 +122,7 @@ def config_to_hf(config: EncoderConfig, head: str, tokenizer: Any) -> dict[str, 
 
 def config_from_hf(hf_config: Mapping[str, Any]) -> dict[str, Any]:
     """HF ModernBERT `config.json` dict (as transformers saves it) -> `EncoderConfig` kwargs."""
-    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "max_position_embeddings")  # fmt: skip
-    kwargs = config_sizes(hf_config, fields, "hidden_activation", "ModernBERT")
+    kwargs = config_sizes(hf_config, SIZE_FIELDS, "hidden_activation", "ModernBERT")
     for flag, want in (("norm_bias", False), ("attention_bias", False), ("mlp_bias", False),
                        ("decoder_bias", True), ("classifier_bias", False)):  # fmt: skip
         if bool(hf_config.get(flag, want)) != want:

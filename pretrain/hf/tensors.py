@@ -72,9 +72,10 @@ def dims(config: Any) -> tuple[int, int, int, int, int]:
             config.num_attention_heads, config.head_dim)  # fmt: skip
 
 
-# config.json fields that BERT and ModernBERT name as we do.
-SHARED_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads", "max_position_embeddings", "initializer_range")  # fmt: skip
+# The integer config.json fields that BERT and ModernBERT name as we do (required on import).
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "max_position_embeddings")  # fmt: skip
+SHARED_FIELDS = (*SIZE_FIELDS, "initializer_range")  # All the fields named alike.
 
 
 def shared_fields(config: Any) -> dict[str, Any]:
