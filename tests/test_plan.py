@@ -5,6 +5,7 @@ Models are cut to one layer and short rows: the TPU compiler's time, not the mod
 """
 
 import json
+import subprocess
 
 import pytest
 
@@ -55,6 +56,14 @@ def test_topology_names_count_tensorcores_on_v4_and_v5p_and_chips_elsewhere():
     for bad in ("v3-8", "v5p-6", "v5p-2", "tpu", "v6e-12"):
         with pytest.raises(ConfigError, match="--topology"):
             chips.parse_topology(bad)
+
+
+def test_child_processes_are_not_taken_for_a_tpu_vm_after_a_plan(smoke_plans):
+    # libtpu, finding no TPU VM, writes warnings as the worker id and accelerator type into the
+    # C environment; a command started from this process would then wait for a TPU cluster.
+    env = subprocess.run(["env"], capture_output=True, text=True, check=True).stdout
+    names = {line.partition("=")[0] for line in env.splitlines()}
+    assert not names & {"CLOUD_TPU_TASK_ID", "TPU_WORKER_ID", "CLOUD_TPU_ACCELERATOR_TYPE"}
 
 
 def test_without_libtpu_the_error_says_how_to_install_it(monkeypatch):

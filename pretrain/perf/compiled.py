@@ -63,7 +63,25 @@ def compile_only_devices(topology: chips.Topology) -> list[Any]:
         raise CompilerUnavailableError(
             f"libtpu cannot give {topology.topology_name} ({first}); {INSTALL_HINT}."
         ) from e
+    finally:
+        _forget_libtpu_guesses()
     return list(description.devices)
+
+
+# What libtpu writes into the C environment when it finds no TPU VM: warnings in place of a
+# worker id and an accelerator type. A child process would inherit them and take this machine
+# for a TPU VM (`command.py` then waits for a cluster that does not exist).
+_LIBTPU_GUESSES = (
+    "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID", "CLOUD_TPU_ACCELERATOR_TYPE", "TPU_ACCELERATOR_TYPE",
+    "TPU_WORKER_HOSTNAMES",
+)  # fmt: skip
+
+
+def _forget_libtpu_guesses() -> None:
+    # os.environ is Python's copy, untouched by libtpu: a name missing there was not the user's.
+    for name in _LIBTPU_GUESSES:
+        if name not in os.environ:
+            os.unsetenv(name)
 
 
 def build(config: ml_collections.ConfigDict, devices: list[Any]) -> tuple[Mesh, steps.Steps]:
