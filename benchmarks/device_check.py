@@ -93,7 +93,7 @@ def sweep(a, report: Report, tokenizer: Path) -> None:
             start = (4 if a.dry_run else (256 if seq == 128 else 64)) // (
                 2 if model.startswith("modernbert") and not a.dry_run else 1
             )  # fmt: skip
-            cap = start * 2 if a.dry_run else start * 8
+            cap = start if a.dry_run else start * 8  # A dry run: one step of the search.
             batch = None
             for attention in ("xla", "cudnn"):
                 for remat in ("none", "dots"):
@@ -141,7 +141,7 @@ def attention_paths(a, report: Report) -> None:
 def pretrain_minute(a, report: Report, tokenizer: Path) -> None:
     """configs/mini.py on the sample corpus for `seconds` after its first step, then SIGTERM."""
     workdir = a.out / "mini"
-    seconds = 20 if a.dry_run else 60
+    seconds = 5 if a.dry_run else 60
     flags = [
         "-m", "pretrain.train", "--config=configs/mini.py", f"--workdir={workdir}",
         "--config.data.train_files=data/sample/train.txt",
