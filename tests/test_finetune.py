@@ -372,14 +372,15 @@ def dictionary_source_task(path: str, per_class: int, seed: int) -> list[str]:
 
 @pytest.mark.slow
 def test_pretrain_then_finetune_on_the_sample_corpus(tmp_path):
-    """The whole chain on real text: tokenizer, pretraining, fine-tuning from it, and the baseline.
+    """The whole chain on real text: tokenizer, pretraining, fine-tuning from it.
 
     Pretraining: 250 steps of a small BERT on data/sample/train.txt. Fine-tuning: which
     dictionary a sentence comes from, 200 labelled sentences of that file, 200 steps; eval:
-    sentences of data/sample/eval.txt (held out of pretraining). The same fine-tuning from
-    random weights is the baseline. Both must learn the task well above the majority class.
+    sentences of data/sample/eval.txt (held out of pretraining). It must learn the task well
+    above the majority class (fine-tuning from random init is `keyword_run`'s).
 
-    Pretraining is not asserted to win: a CI-sized BERT stays on the unigram plateau of masked
+    Pretraining is not asserted to beat random init here (tests/test_quality.py asserts it for
+    the modern recipe on a larger corpus): a CI-sized BERT stays on the unigram plateau of masked
     LM (eval MLM accuracy ~0.13 even after 3000 steps; Hugging Face's PyTorch BERT stalls the
     same way on a copy task), and such an encoder transfers nothing. docs/finetuning.md has the
     measurements and the commands for a run long enough to show the gain.
@@ -419,19 +420,13 @@ def test_pretrain_then_finetune_on_the_sample_corpus(tmp_path):
     pretrain_rows = read_metrics(pretrained)[0]
     assert pretrain_rows[250]["mlm_loss"] < pretrain_rows[1]["mlm_loss"] - 1.0, pretrain_rows
 
-    accuracy = {}
-    for init in ("pretrained", "random"):
-        workdir = tmp_path / f"ft_{init}"
-        if init == "pretrained":
-            extra = {"init_from": pretrained}
-        else:
-            extra = {**sizes, "data.tokenizer_model": tokenizer}
-        flags = finetune_flags(
-            workdir, tmp_path / "train.tsv", tmp_path / "eval.tsv", **extra,
-            data__max_seq_length=64, num_train_steps=200, log_every_steps=100,
-            checkpoint_every_steps=200, eval_every_steps=200,
-        )  # fmt: skip
-        run_module("pretrain.finetune", flags)
-        accuracy[init] = read_rows(workdir)[1][200]["eval_accuracy"]
+    workdir = tmp_path / "ft"
+    flags = finetune_flags(
+        workdir, tmp_path / "train.tsv", tmp_path / "eval.tsv", init_from=pretrained,
+        data__max_seq_length=64, num_train_steps=200, log_every_steps=100,
+        checkpoint_every_steps=200, eval_every_steps=200,
+    )  # fmt: skip
+    run_module("pretrain.finetune", flags)
+    accuracy = read_rows(workdir)[1][200]["eval_accuracy"]
     majority = 150 / 273  # eval.txt has 123 usable Devil's Dictionary sentences, 150 Jargon kept.
-    assert min(accuracy.values()) > majority + 0.15, accuracy
+    assert accuracy > majority + 0.15, accuracy
