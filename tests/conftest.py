@@ -22,8 +22,9 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 
-# The longest module first: under the README's `pytest -n 2 --dist loadfile` one worker starts it
-# while the other works through the rest, rather than both waiting on it at the end.
+# The longest module first: under the README's `pytest -n 2` (pyproject.toml: whole modules per
+# worker, in collection order) one worker starts it while the other works through the rest,
+# rather than both waiting on it at the end.
 _LONGEST_FIRST = ("test_quality.py",)
 
 
