@@ -63,11 +63,20 @@ def _array_bytes(shape_text: str) -> float:
 
 def _groups(attributes: str, num_devices: int) -> list[list[int]]:
     """Replica groups (or permute pairs) as lists of partition ids; none given means all."""
-    named = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attributes)
+    named = re.search(
+        r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(\[([\d,]+)\](?:T\(([\d,]+)\))?\))?"
+        r"\s*\{([^}]*)\}",
+        attributes,
+    )
     if named:  # mesh['axis_0'=2,'axis_1'=4] {'axis_1'}: groups along the named axes.
         axes = re.findall(r"'([^']+)'=(\d+)", named.group(1))
-        chosen = [i for i, (a, _) in enumerate(axes) if f"'{a}'" in named.group(2)]
-        ids = np.arange(math.prod(int(n) for _, n in axes)).reshape([int(n) for _, n in axes])
+        chosen = [i for i, (a, _) in enumerate(axes) if f"'{a}'" in named.group(4)]
+        ids = np.arange(math.prod(int(n) for _, n in axes))
+        if named.group(2):  # device_ids=([2,8]T(1,0)): the mesh's devices, an iota transposed.
+            ids = ids.reshape([int(x) for x in named.group(2).split(",")])
+            if named.group(3):
+                ids = ids.transpose([int(x) for x in named.group(3).split(",")])
+        ids = ids.reshape([int(n) for _, n in axes])
         rest = [i for i in range(len(axes)) if i not in chosen]
         grouped = ids.transpose(rest + chosen)
         return grouped.reshape(-1, math.prod(int(axes[i][1]) for i in chosen)).tolist()
