@@ -1,13 +1,16 @@
-"""Plans a pod run on any machine: compiles the training programs for a TPU slice, no TPU needed.
+"""Plans a pod run on any machine: compiles the training programs for a TPU slice or GPU hosts,
+no TPU or GPU needed.
 
     python -m pretrain.plan --config=configs/<name>.py --topology=v5p-64 [--num_slices=N] \
         [--sweep] [--config.KEY=VALUE ...]
+    python -m pretrain.plan --config=configs/<name>.py --topology=h100-16   # 2 hosts of 8
 
 Prints a readable table and one JSON line per compiled program (train step, eval step); the last
 line of stdout is the train step's JSON object (`perf/planner.py`'s RECORD_KEYS and more). With
 `--sweep`: one row and one JSON line per (mesh, remat policy, per-chip batch) point, then the
 fastest estimated point that fits, with its `pretrain.train` command line, as the last line.
-Needs the TPU compiler: `pip install -e ".[tpu]"`. See docs/running_on_a_pod.md.
+Needs the TPU compiler, `pip install -e ".[tpu]"`, or the CUDA one, `pip install -e ".[gpu-plan]"`.
+See docs/running_on_a_pod.md.
 """
 
 import json
@@ -24,7 +27,9 @@ from pretrain.perf import plan_table, planner
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Pretraining config file.", lock_config=True
 )
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice as Cloud names it: v5p-8, v5e-16 ...")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "TPU slice as Cloud names it (v5p-8, v5e-16 ...) or GPUs (h100-8, h200-16)."
+)
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "Slices joined over the data-centre network.")
 _EVAL = flags.DEFINE_bool("eval", True, "Compile the eval step too.")
 _HLO_DIR = flags.DEFINE_string("hlo_dir", None, "Write each program's optimized HLO text here.")

@@ -53,9 +53,15 @@ def test_topology_names_count_tensorcores_on_v4_and_v5p_and_chips_elsewhere():
     assert chips.parse_topology("v4-32").topology_name == "v4:2x2x4"
     assert chips.parse_topology("v5e-16").topology_name == "v5e:4x4"
     assert chips.parse_topology("v6e-64", num_slices=2).chips == 128
-    for bad in ("v3-8", "v5p-6", "v5p-2", "tpu", "v6e-12"):
+    for bad in ("v3-8", "v5p-6", "v5p-2", "tpu", "v6e-12", "h100-12", "h100-3", "a100-8"):
         with pytest.raises(ConfigError, match="--topology"):
             chips.parse_topology(bad)
+    # GPUs: hosts of 8, as the CUDA plugin names them (partitions x hosts x GPUs per host).
+    assert chips.parse_topology("h100-8").topology_name == "1x1x8"
+    assert chips.parse_topology("h200-32").topology_name == "1x4x8"
+    assert chips.parse_topology("h100-2").topology_name == "1x1x2"
+    with pytest.raises(ConfigError, match="--num_slices"):
+        chips.parse_topology("h100-16", num_slices=2)
 
 
 def test_child_processes_are_not_taken_for_a_tpu_vm_after_a_plan(smoke_plans):
@@ -102,6 +108,20 @@ def test_collectives_are_read_from_the_hlo_with_loop_counts_and_slices():
     assert gather.dcn_traffic_bytes == pytest.approx(3 / 4 * 1024) and gather.traffic_bytes == 0
     assert (totals["reduce-scatter"].bytes, totals["reduce-scatter"].traffic_bytes) == (32, 32)
     assert totals["all-to-all"].count == totals["collective-permute"].count == 0
+
+
+def test_mesh_groups_over_permuted_devices_are_read_in_the_devices_order():
+    # GPU programs name groups on a mesh whose devices are an iota transposed: here [[0, 2],
+    # [1, 3]], so groups along axis_0 are {0, 1} and {2, 3}, each within one slice (or host).
+    hlo = (
+        "ENTRY %main (a: f32[8]) -> f32[8] {\n"
+        "  %ar = f32[8]{0} all-reduce(%a), replica_groups=mesh['axis_0'=2,'axis_1'=2], "
+        "device_ids=([2,2]T(1,0)) {'axis_0'}, use_global_device_ids=true, to_apply=%add\n}\n"
+    )
+    totals = collectives.collectives(hlo, [0, 0, 1, 1])["all-reduce"]
+    assert totals.traffic_bytes == 32 and totals.dcn_traffic_bytes == 0  # 2 (n - 1) / n x 32.
+    natural = hlo.replace(", device_ids=([2,2]T(1,0))", "")  # Groups {0, 2}, {1, 3}: across.
+    assert collectives.collectives(natural, [0, 0, 1, 1])["all-reduce"].dcn_traffic_bytes == 32
 
 
 _TWO_SLICES = """HloModule jit_step, num_partitions=2
@@ -170,10 +190,47 @@ def test_sweep_of_modernbert_recommends_a_point_that_fits_with_its_command(tpu_c
     assert "--config.model.remat_policy=dots" in line and "--config.global_batch_size=8" in line
 
 
+@pytest.fixture(scope="module")
+def gpu_compiler():
+    try:
+        compiled.compile_only_devices(chips.parse_topology("h100-8"))
+    except compiled.CompilerUnavailableError as e:
+        pytest.skip(f"no CUDA compiler plugin here: {e}")
+
+
+def test_two_h100_hosts_reduce_scatter_in_each_and_send_only_gradients_between(gpu_compiler):
+    # Two hosts of 8: FSDP within a host (NVLink), data parallelism across (the network).
+    (record,) = planner.plan(_config(smoke, data=2, fsdp=8), "h100-16", with_eval=False)
+    assert record["compiled"] and record["fits"] and record["chips"] == 16
+    assert record["platform"] == "cuda" and record["compiler_topology"] == "1x2x8"
+    # XLA's GPU compiler counts no FLOPs: the floors come from the model's, with no HBM floor.
+    assert record["flops_per_chip"] is None and record["estimate"]["floors_from"] == "model FLOPs"
+    assert record["estimate"]["memory_s"] == 0 and 0 < record["estimated_mfu"] < 1
+    # The arguments are nearly all the state's shard (an eighth per GPU, fsdp=8), as computed
+    # from the shardings alone.
+    assert record["state_bytes"] <= record["argument_bytes"] < 1.1 * record["state_bytes"]
+    traffic = record["collectives"]
+    # The gradients are reduce-scattered to the FSDP shards within a host; only the shards'
+    # all-reduce over `data` crosses hosts. The parameters' all-gathers stay within a host but
+    # for the gradient of the masked-position gather at this toy size (5%; none at BERT-mini).
+    assert traffic["reduce-scatter"]["count"] > 0
+    assert traffic["reduce-scatter"]["dcn_traffic_bytes"] == 0
+    assert traffic["all-reduce"]["dcn_traffic_bytes"] > 0
+    assert traffic["all-gather"]["dcn_traffic_bytes"] < 0.1 * traffic["all-gather"]["traffic_bytes"]
+
+
+def test_a_model_beyond_an_h100s_memory_does_not_fit(gpu_compiler):
+    # 26 B parameters: 39 GB per GPU with their moments at fsdp=8; at fsdp=2, 156 GB.
+    huge = _config(smoke, data=4, fsdp=2, num_hidden_layers=2, hidden_size=32768,
+                   intermediate_size=131072)  # fmt: skip
+    (record,) = planner.plan(huge, "h100-8")
+    assert record["fits"] is False and "alone need" in record["reason"]
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["--topology=v9-8"], "not a TPU slice name"),
+        (["--topology=v9-8"], "not a TPU slice or GPU name"),
         (["--topology=v5e-4", "--config.mesh.data=3"], r"data\*fsdp\*tensor = 3"),
         (["--topology=v5e-4", "--config.global_batch_size=6"], "not divisible"),
     ],

@@ -23,12 +23,13 @@ from jax.experimental import topologies
 from jax.sharding import Mesh
 
 from data_pipeline.errors import UserError
-from pretrain.compute import chips
+from pretrain.compute import chips, gpu_targets
 from pretrain.perf import collectives, timing
 from pretrain.tasks.pretraining import PretrainingTask
 from pretrain.training import sharding, steps, validation
 
 INSTALL_HINT = 'install the TPU compiler with pip install -e ".[tpu]"'
+GPU_INSTALL_HINT = 'install the CUDA compiler plugin with pip install -e ".[gpu-plan]"'
 _LIBTPU_ENV = (
     ("TPU_SKIP_MDS_QUERY", "1"),
     ("TPU_STDERR_LOG_LEVEL", "3"),
@@ -39,11 +40,14 @@ _OUT_OF_MEMORY = re.compile(r"RESOURCE_EXHAUSTED|[Oo]ut of memory|exceeds .*memo
 
 
 class CompilerUnavailableError(UserError):
-    """libtpu is missing or cannot load on this machine."""
+    """libtpu (or the CUDA plugin) is missing or cannot load on this machine."""
 
 
 def compile_only_devices(topology: chips.Topology) -> list[Any]:
-    """The slice's abstract devices (slice 0's first), from libtpu; one clear error without it."""
+    """The slice's abstract devices (slice 0's first), from libtpu or the CUDA plugin; one clear
+    error without them."""
+    if topology.chip.platform == "cuda":
+        return _gpu_devices(topology)
     if importlib.util.find_spec("libtpu") is None:
         raise CompilerUnavailableError(f"the libtpu wheel is not installed: {INSTALL_HINT}.")
     # No TPU VM here: libtpu must not wait for a metadata server, nor log about its absence;
@@ -75,6 +79,35 @@ _LIBTPU_GUESSES = (
     "CLOUD_TPU_TASK_ID", "TPU_WORKER_ID", "CLOUD_TPU_ACCELERATOR_TYPE", "TPU_ACCELERATOR_TYPE",
     "TPU_WORKER_HOSTNAMES",
 )  # fmt: skip
+
+
+def _gpu_devices(topology: chips.Topology) -> list[Any]:
+    """GPU hosts' abstract devices: the CUDA plugin compiles for a description, no GPU needed.
+    Its validation of a local CUDA runs only when JAX may use CUDA, and plan.py runs on CPU."""
+    if importlib.util.find_spec("jax_cuda12_plugin") is None:
+        raise CompilerUnavailableError(f"the CUDA plugin is not installed: {GPU_INSTALL_HINT}.")
+    try:
+        description = topologies.get_topology_desc(
+            platform="cuda",
+            target_config=gpu_targets.target_config(topology.chip),
+            topology=topology.topology_name,
+        )
+    except Exception as e:  # noqa: BLE001 - NotImplementedError when the plugin did not load
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CompilerUnavailableError(
+            f"the CUDA plugin cannot give {topology.name} ({first}); {GPU_INSTALL_HINT} (its "
+            "version must be the installed jax's), and run with JAX_PLATFORMS=cpu."
+        ) from e
+    return list(description.devices)
+
+
+def network_domains(devices: Any) -> list[int]:
+    """Per device (mesh order), the group its fast links join: a TPU slice (ICI), a GPU host
+    (NVLink). A collective whose group spans two crosses the slower network (DCN, InfiniBand)."""
+    return [
+        (d.process_index if d.platform == "gpu" else getattr(d, "slice_index", 0)) or 0
+        for d in devices
+    ]
 
 
 def _forget_libtpu_guesses() -> None:
@@ -133,8 +166,10 @@ class Program:
     alias_bytes: int  # Outputs written into donated arguments (counted once).
     temp_bytes: int
     code_bytes: int
-    flops: float  # Per chip, as the compiler counts them (remat's recomputation included).
-    bytes_accessed: float  # HBM traffic per chip by the compiler's cost model.
+    # Per chip, as the compiler counts them (remat's recomputation included); None where the
+    # compiler has no cost model (XLA's GPU compiler reports none).
+    flops: float | None
+    bytes_accessed: float | None  # HBM traffic per chip by the compiler's cost model.
     collectives: dict[str, collectives.KindTotals]
     out_of_memory: str = ""  # The compiler's message when it refused the program.
 
@@ -166,7 +201,7 @@ def compile_program(
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, list | tuple) else cost) or {}
-    slices = [getattr(d, "slice_index", 0) or 0 for d in mesh.devices.flat]
+    slices = network_domains(mesh.devices.flat)
     text = compiled.as_text()
     if hlo_dir:
         os.makedirs(hlo_dir, exist_ok=True)
@@ -180,8 +215,8 @@ def compile_program(
         alias_bytes=int(memory.alias_size_in_bytes),
         temp_bytes=int(memory.temp_size_in_bytes),
         code_bytes=int(memory.generated_code_size_in_bytes),
-        flops=float(cost.get("flops", 0.0)),
-        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        flops=float(cost["flops"]) if "flops" in cost else None,
+        bytes_accessed=float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
         collectives=collectives.collectives(text, slices),
     )
 

@@ -20,9 +20,12 @@ def _mesh(mesh: dict[str, int]) -> str:
 def program_table(record: dict[str, Any]) -> str:
     """One program: what it holds per chip, what it computes, what it sends, how fast at best."""
     r = record
+    gpu = r["platform"] == "cuda"
+    fast, slow = ("NVLink", "network") if gpu else ("ICI", "DCN")
+    place = "1 partition" if gpu else f"{r['num_slices']} slice(s)"
     lines = [
-        f"{r['program']} on {r['topology']} ({r['chips']} x {r['chip']}, {r['libtpu_topology']}, "
-        f"{r['num_slices']} slice(s)); mesh data x fsdp x tensor = {_mesh(r['mesh'])}",
+        f"{r['program']} on {r['topology']} ({r['chips']} x {r['chip']}, "
+        f"{r['compiler_topology']}, {place}); mesh data x fsdp x tensor = {_mesh(r['mesh'])}",
         f"  batch {r['global_batch']} global, {r['per_chip_batch']} per chip x {r['seq_len']} "
         f"tokens; {r['dtype']}; remat {r['remat_policy']}; grad_accum {r['grad_accum_steps']}",
         f"  memory per chip   arguments {_gib(r['argument_bytes'])} (state "
@@ -32,7 +35,7 @@ def program_table(record: dict[str, Any]) -> str:
         f" {'fits' if r['fits'] else 'DOES NOT FIT'}"
         + (f", headroom {_gib(r['headroom_bytes'])}" if r["fits"] else f" ({r['reason']})"),
     ]
-    if r["flops_per_chip"] is None:
+    if not r["compiled"]:
         return "\n".join(lines)
     est = {k: v * 1e3 if isinstance(v, float) else v for k, v in r["estimate"].items()}
     sent = [
@@ -40,12 +43,17 @@ def program_table(record: dict[str, Any]) -> str:
         for k in KINDS
         if r["collectives"][k]["count"]
     ]
+    counted = (
+        f"compiler {r['flops_per_chip']:.4g}, model {r['model_flops_per_chip']:.4g} "
+        f"(ratio {r['flops_ratio']:.3f}; see docs)"
+        if r["flops_per_chip"] is not None
+        else f"model {r['model_flops_per_chip']:.4g} (the compiler counts none: no HBM floor)"
+    )
     lines += [
-        f"  FLOPs per chip    compiler {r['flops_per_chip']:.4g}, model "
-        f"{r['model_flops_per_chip']:.4g} (ratio {r['flops_ratio']:.3f}; see docs)",
+        f"  FLOPs per chip    {counted}",
         f"  collectives       {', '.join(sent) or 'none'}",
         f"  roofline (ms)     compute {est['compute_s']:.2f}, HBM {est['memory_s']:.2f}, "
-        f"ICI {est['ici_s']:.2f}, DCN {est['dcn_s']:.2f}",
+        f"{fast} {est['ici_s']:.2f}, {slow} {est['dcn_s']:.2f}",
         f"  estimate          step >= {est['step_time_s']:.2f} ms ({est['bound']}-bound; "
         f"{est['serial_s']:.2f} ms without overlap), MFU <= {r['estimated_mfu']:.1%}",
         f"  compiled in {r['compile_time_s']:.1f} s",
@@ -59,7 +67,7 @@ def sweep_table(points: list[dict[str, Any]]) -> str:
     header += f"{'MFU<=':>6} {'tokens/s':>10}  bound"
     rows = [header]
     for p in points:
-        compiled_ = p["flops_per_chip"] is not None
+        compiled_ = p["compiled"]
         rows.append(
             f"{_mesh(p['mesh']):>10} {p['remat_policy']:>5} {p['per_chip_batch']:>5} "
             f"{_gib(p['hbm_bytes_per_chip']):>11} {'yes' if p['fits'] else 'no':>4} "

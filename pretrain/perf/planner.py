@@ -36,7 +36,8 @@ def _setup(
     state_bytes = compiled.bytes_per_chip(jitted.abstract_state)
     common = {
         "topology": topology.name,
-        "libtpu_topology": topology.topology_name,
+        "platform": topology.chip.platform,
+        "compiler_topology": topology.topology_name,
         "num_slices": topology.num_slices,
         "chip": topology.chip.name,
         "chips": topology.chips,
@@ -48,7 +49,7 @@ def _setup(
         "dtype": config.dtype,
         "remat_policy": config.model.remat_policy,
         "grad_accum_steps": config.grad_accum_steps,
-        "hbm_capacity_bytes": topology.chip.hbm_bytes,
+        "hbm_capacity_bytes": topology.chip.usable_bytes,
         "state_bytes": state_bytes,
     }
     return mesh, jitted, common
@@ -70,23 +71,25 @@ def _program_record(
     model_flops = _model_flops_per_chip(config, program.name, common["chips"])
     if program.out_of_memory:  # The compiler gave up: no program to read memory or time from.
         return {"program": program.name, **common, **dict.fromkeys(RECORD_KEYS[5:], None),
-                "fits": False, "reason": program.out_of_memory, "collective_bytes": {},
+                "compiled": False, "fits": False, "reason": program.out_of_memory,
+                "collective_bytes": {},
                 "model_flops_per_chip": model_flops,
                 "compile_time_s": program.compile_time_s}  # fmt: skip
     used = program.total_bytes
-    fits = not program.out_of_memory and used <= chip.hbm_bytes
+    fits = not program.out_of_memory and used <= chip.usable_bytes
     reason = program.out_of_memory or (
-        "" if fits else f"needs {used / chips.GiB:.2f} GiB of {chip.hbm_bytes / chips.GiB:.0f}"
+        "" if fits else f"needs {used / chips.GiB:.2f} GiB of {chip.usable_bytes / chips.GiB:.0f}"
     )
     est = roofline.estimate(program, chip, config.dtype, model_flops)
     rows = config.global_batch_size if program.name == "train_step" else config.eval_batch_size
     return {
         "program": program.name,
         **common,
+        "compiled": True,
         "fits": fits,
         "reason": reason,
         "hbm_bytes_per_chip": used,
-        "headroom_bytes": chip.hbm_bytes - used,
+        "headroom_bytes": chip.usable_bytes - used,
         "argument_bytes": program.argument_bytes,
         "output_bytes": program.output_bytes,
         "alias_bytes": program.alias_bytes,
@@ -94,7 +97,7 @@ def _program_record(
         "code_bytes": program.code_bytes,
         "flops_per_chip": program.flops,
         "model_flops_per_chip": model_flops,
-        "flops_ratio": program.flops / model_flops if model_flops else None,
+        "flops_ratio": program.flops / model_flops if model_flops and program.flops else None,
         "bytes_accessed_per_chip": program.bytes_accessed,
         "collective_bytes": {k: t.bytes for k, t in program.collectives.items()},
         "collectives": {k: vars(t) for k, t in program.collectives.items()},
@@ -111,7 +114,7 @@ def _program_record(
 def _state_only_record(chip: chips.Chip, common: dict[str, Any]) -> dict[str, Any] | None:
     """The record of a config whose parameters and optimizer state alone exceed HBM (None if
     they fit): nothing is compiled, since no batch could fit."""
-    if common["state_bytes"] <= chip.hbm_bytes:
+    if common["state_bytes"] <= chip.usable_bytes:
         return None
     empty = dict.fromkeys(RECORD_KEYS[5:], None)
     need = common["state_bytes"] / chips.GiB
@@ -119,9 +122,10 @@ def _state_only_record(chip: chips.Chip, common: dict[str, Any]) -> dict[str, An
         "program": "train_step",
         **common,
         **empty,
+        "compiled": False,
         "fits": False,
         "reason": f"parameters and optimizer state alone need {need:.2f} GiB per chip, more "
-        f"than the {chip.hbm_bytes / chips.GiB:.0f} GiB of HBM: raise mesh.fsdp or mesh.tensor",
+        f"than the {chip.usable_bytes / chips.GiB:.0f} GiB of HBM: raise mesh.fsdp or mesh.tensor",
         "hbm_bytes_per_chip": common["state_bytes"],
         "collective_bytes": {},
     }
@@ -211,10 +215,10 @@ def _recommend(points: list[dict], chip: chips.Chip) -> dict[str, Any]:
     if not points:
         return {"best": None, "reason": "no point to compile: every per-chip batch must be a "
                 "multiple of grad_accum_steps, and a mesh must divide the chips"}  # fmt: skip
-    compiled_points = [p for p in points if p["flops_per_chip"] is not None]
+    compiled_points = [p for p in points if p["compiled"]]
     if not compiled_points:
         least = min(p["state_bytes"] for p in points) / chips.GiB
-        hbm = chip.hbm_bytes / chips.GiB
+        hbm = chip.usable_bytes / chips.GiB
         why = (f"parameters and optimizer state alone need {least:.2f} GiB per chip on the "
                f"most sharded mesh, more than the {hbm:.0f} GiB of HBM")  # fmt: skip
         refused = [p["reason"] for p in points if p["hbm_bytes_per_chip"] is None]
@@ -225,7 +229,7 @@ def _recommend(points: list[dict], chip: chips.Chip) -> dict[str, Any]:
         why = (f"activations do not fit even at the smallest per-chip batch: the best point "
                f"(mesh {least['mesh']}, remat {least['remat_policy']}, batch "
                f"{least['per_chip_batch']}) needs {least['hbm_bytes_per_chip'] / chips.GiB:.2f} "
-               f"GiB of {chip.hbm_bytes / chips.GiB:.0f}")  # fmt: skip
+               f"GiB of {chip.usable_bytes / chips.GiB:.0f}")  # fmt: skip
     return {"best": None, "reason": why}
 
 

@@ -9,6 +9,8 @@ The estimate is the largest of them (perfect overlap); `serial_s` adds the colle
 larger of compute and memory (no overlap at all). A real step lies between, and above both when
 the kernels run below peak (small matmuls, attention at short sequences, host stalls), which
 the estimate cannot know. The MFU bound is the model's FLOPs (`flops.py`) over the estimate.
+Where the compiler has no cost model (XLA's GPU compiler), the compute floor takes the model's
+FLOPs and there is no memory floor: the estimate is then only a compute and collectives bound.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Estimate:
     serial_s: float
     bound: str  # Which floor sets step_time_s.
     mfu: float
+    floors_from: str  # "compiler", or "model FLOPs" where the compiler counts no cost.
 
     def as_dict(self) -> dict[str, float | str]:
         return dataclasses.asdict(self)
@@ -39,9 +42,10 @@ def estimate(program: Program, chip: Chip, dtype: str, model_flops_per_chip: flo
     peak = chip.peak_flops(dtype)
     ici = sum(t.traffic_bytes for t in program.collectives.values())
     dcn = sum(t.dcn_traffic_bytes for t in program.collectives.values())
+    counted = program.flops is not None
     floors = {
-        "compute": program.flops / peak,
-        "memory": program.bytes_accessed / chip.hbm_bandwidth,
+        "compute": (program.flops if counted else model_flops_per_chip) / peak,
+        "memory": (program.bytes_accessed or 0.0) / chip.hbm_bandwidth,
         "ici": ici / chip.ici_bandwidth,
         "dcn": dcn / chip.dcn_bandwidth,
     }
@@ -56,4 +60,5 @@ def estimate(program: Program, chip: Chip, dtype: str, model_flops_per_chip: flo
         serial_s=max(floors["compute"], floors["memory"]) + floors["ici"] + floors["dcn"],
         bound=bound,
         mfu=model_flops_per_chip / (step * peak) if step > 0 else 0.0,
+        floors_from="compiler" if counted else "model FLOPs",
     )
