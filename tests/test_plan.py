@@ -31,12 +31,16 @@ def _config(module, *, data=1, fsdp=4, batch=16, **model):
     return c
 
 
+def _compiler_or_skip(topology: str) -> None:
+    try:
+        compiled.compile_only_devices(chips.parse_topology(topology))
+    except compiled.CompilerUnavailableError as e:
+        pytest.skip(f"no compiler for {topology} here: {e}")
+
+
 @pytest.fixture(scope="module")
 def tpu_compiler():
-    try:
-        compiled.compile_only_devices(chips.parse_topology("v5e-4"))
-    except compiled.CompilerUnavailableError as e:
-        pytest.skip(f"no TPU compiler here: {e}")
+    _compiler_or_skip("v5e-4")
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +196,7 @@ def test_sweep_of_modernbert_recommends_a_point_that_fits_with_its_command(tpu_c
 
 @pytest.fixture(scope="module")
 def gpu_compiler():
-    try:
-        compiled.compile_only_devices(chips.parse_topology("h100-8"))
-    except compiled.CompilerUnavailableError as e:
-        pytest.skip(f"no CUDA compiler plugin here: {e}")
+    _compiler_or_skip("h100-8")
 
 
 def test_two_h100_hosts_reduce_scatter_in_each_and_send_only_gradients_between(gpu_compiler):
