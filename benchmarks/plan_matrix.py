@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -78,6 +79,12 @@ def _gib(value: float | None) -> str:
     return "" if value is None else f"{value / GiB:.2f}"
 
 
+def _why_not(reason: str) -> str:
+    """The compiler's out-of-memory message, as 'temporaries 40.11G > 30.75G free'."""
+    m = re.search(r"temporaries \(([\d.]+G)\) exceeds available HBM \(([\d.]+G)\)", reason)
+    return f"temporaries {m.group(1)} > {m.group(2)} free" if m else reason
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| config | slice | per chip | fits | memory per chip (GiB) | temporaries | "
@@ -93,7 +100,7 @@ def table(rows: list[dict]) -> str:
         bytes_ = r["collective_bytes"]
         lines.append(
             f"| {r['name']} | {r['topology']} | {r['per_chip_batch']} x {r['seq_len']} | "
-            f"{'yes' if r['fits'] else 'no: ' + r['reason']} | "
+            f"{'yes' if r['fits'] else 'no: ' + _why_not(r['reason'])} | "
             f"{_gib(r['hbm_bytes_per_chip'])} of {r['hbm_capacity_bytes'] / GiB:.0f} | "
             f"{_gib(r['temp_bytes'])} | "
             f"{_gib(bytes_.get('all-gather'))} / {_gib(bytes_.get('all-reduce'))} | "
