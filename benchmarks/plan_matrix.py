@@ -85,27 +85,45 @@ def _why_not(reason: str) -> str:
     return f"temporaries {m.group(1)} > {m.group(2)} free" if m else reason
 
 
+def _collectives(r: dict) -> str:
+    """all-gather / all-reduce / reduce-scatter GiB per chip (TPUs reduce-scatter by all-reduce)."""
+    if not r["fits"]:
+        return ""
+    kinds = ("all-gather", "all-reduce", "reduce-scatter")
+    return " / ".join(_gib(r["collective_bytes"].get(k, 0)) for k in kinds)
+
+
+def _bound(r: dict) -> tuple[str, str]:
+    """(bound, MFU cell). Without the compiler's counts (GPUs) the compute floor is the model's
+    own FLOPs at peak, so an MFU bound would be 100% by construction: none is shown."""
+    est, mfu = r.get("estimate") or {}, r["estimated_mfu"]
+    if mfu is None:
+        return "", ""
+    if r.get("flops_per_chip") is None:
+        bound = est.get("bound", "")
+        return (f"{bound} (model FLOPs)" if bound == "compute" else bound), "-"
+    return est.get("bound", ""), f"{mfu:.0%}"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| config | slice | per chip | fits | memory per chip (GiB) | temporaries | "
-        "all-gather / all-reduce (GiB) | step >= (ms) | bound | MFU <= | compile (s) |",
+        "all-gather / all-reduce / reduce-scatter (GiB) | step >= (ms) | bound | MFU <= | "
+        "compile (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['name']} | {r['topology']} | | error: {r['error']} |||||||")
             continue
-        est = r.get("estimate") or {}
-        step, mfu = r["estimated_step_time_s"], r["estimated_mfu"]
-        bytes_ = r["collective_bytes"]
+        step = r["estimated_step_time_s"]
+        bound, mfu = _bound(r)
         lines.append(
             f"| {r['name']} | {r['topology']} | {r['per_chip_batch']} x {r['seq_len']} | "
             f"{'yes' if r['fits'] else 'no: ' + _why_not(r['reason'])} | "
-            f"{_gib(r['hbm_bytes_per_chip'])} of {r['hbm_capacity_bytes'] / GiB:.0f} | "
-            f"{_gib(r['temp_bytes'])} | "
-            f"{_gib(bytes_.get('all-gather'))} / {_gib(bytes_.get('all-reduce'))} | "
-            f"{'' if step is None else f'{step * 1e3:.1f}'} | {est.get('bound', '')} | "
-            f"{'' if mfu is None else f'{mfu:.0%}'} | "
+            f"{_gib(r['hbm_bytes_per_chip']) or '-'} of {r['hbm_capacity_bytes'] / GiB:.0f} | "
+            f"{_gib(r['temp_bytes'])} | {_collectives(r)} | "
+            f"{'' if step is None else f'{step * 1e3:.1f}'} | {bound} | {mfu} | "
             f"{r.get('compile_time_s') or 0:.0f} |"
         )
     return "\n".join(lines) + "\n"

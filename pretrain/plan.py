@@ -61,7 +61,13 @@ def _plan() -> None:
         _print_json(record)
 
 
+def _progress(point: dict) -> None:
+    """A sweep point on stderr as soon as it is compiled; stdout keeps the table and JSON lines."""
+    print(plan_table.sweep_row(point), file=sys.stderr, flush=True)
+
+
 def _sweep() -> None:
+    print(plan_table.SWEEP_HEADER, file=sys.stderr, flush=True)
     result = planner.sweep(
         _CONFIG.value,
         _TOPOLOGY.value,
@@ -69,6 +75,7 @@ def _sweep() -> None:
         per_chip_batches=[int(b) for b in _BATCHES.value],
         remat_policies=_REMAT.value,
         tensor_sizes=[int(t) for t in _TENSOR.value],
+        on_point=_progress,
     )
     print(plan_table.sweep_table(result["points"]), flush=True)
     for point in result["points"]:

@@ -178,16 +178,24 @@ def test_parameters_beyond_hbm_are_reported_without_compiling(tpu_compiler):
     (record,) = planner.plan(huge, "v5e-4")
     assert record["fits"] is False and record["flops_per_chip"] is None
     assert record["reason"].startswith("parameters and optimizer state alone")
-    result = planner.sweep(huge, "v5e-4", remat_policies=("none",), tensor_sizes=(1,))
+    seen = []  # What a long sweep reports as it goes.
+    result = planner.sweep(
+        huge, "v5e-4", remat_policies=("none",), tensor_sizes=(1,), on_point=seen.append
+    )
     assert result["best"] is None and "alone need" in result["reason"]
+    assert seen == result["points"] and len(seen) == 3  # Meshes 4x1, 2x2, 1x4: none compiled.
 
 
 def test_sweep_of_modernbert_recommends_a_point_that_fits_with_its_command(tpu_compiler):
     # Two layers at 64 tokens: layer 1 attends within its window of 64 (+-32), so the compiled
     # program has the local mask and the packed rows' document mask, not only global attention.
     c = _config(modernbert_smoke, data=1, fsdp=1, num_hidden_layers=2)
-    result = planner.sweep(c, "v5e-1", per_chip_batches=(8,), remat_policies=("dots",))
+    seen = []
+    result = planner.sweep(
+        c, "v5e-1", per_chip_batches=(8,), remat_policies=("dots",), on_point=seen.append
+    )
     (point,) = result["points"]
+    assert seen == [point]
     assert point["fits"] and point["program"] == "train_step" and result["best"] == point
     assert 1.0 < point["flops_ratio"] < 1.45
     line = planner.train_command("configs/modernbert_smoke.py", result["best"])
@@ -259,6 +267,15 @@ def test_command_line_prints_the_contract_last_and_bad_input_as_one_line(tpu_com
     assert set(planner.RECORD_KEYS) <= set(last) and last["topology"] == "v5e-4"
     assert last["fits"] is False and last["chips"] == 4
     assert "memory per chip" in result.stdout and "DOES NOT FIT" in result.stdout
+
+    # The sweep of the same: each point on stderr as it is made, then the reason on stdout.
+    sweep = ["--sweep", "--sweep_tensor=1", "--sweep_remat=none"]
+    result = run_module("pretrain.plan", args + sweep, timeout=600)
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last == {"fits": False, "reason": last["reason"], "sweep_points": 3}
+    assert "alone need" in last["reason"] and "No point fits" in result.stdout
+    rows = [line for line in result.stderr.splitlines() if "parameters and optimizer" in line]
+    assert len(rows) == 3 and all(" no " in row for row in rows)
 
     bad = run_module(
         "pretrain.plan", ["--config=configs/smoke.py", "--topology=v5p-6"], check=False

@@ -61,21 +61,26 @@ def program_table(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SWEEP_HEADER = (
+    f"{'mesh':>10} {'remat':>5} {'batch':>5} {'memory':>11} {'fits':>4} {'step':>9} "
+    f"{'MFU<=':>6} {'tokens/s':>10}  bound"
+)
+
+
+def sweep_row(p: dict[str, Any]) -> str:
+    """One sweep point, under SWEEP_HEADER."""
+    head = (
+        f"{_mesh(p['mesh']):>10} {p['remat_policy']:>5} {p['per_chip_batch']:>5} "
+        f"{_gib(p['hbm_bytes_per_chip']):>11} {'yes' if p['fits'] else 'no':>4} "
+    )
+    if not p["compiled"]:
+        return head + f"{'-':>9} {'-':>6} {'-':>10}  {p['reason']}"
+    return head + (
+        f"{p['estimated_step_time_s'] * 1e3:7.2f}ms {p['estimated_mfu']:6.1%} "
+        f"{p['estimated_tokens_per_sec']:10.4g}  {p['estimate']['bound']}"
+    )
+
+
 def sweep_table(points: list[dict[str, Any]]) -> str:
     """One row per sweep point."""
-    header = f"{'mesh':>10} {'remat':>5} {'batch':>5} {'memory':>11} {'fits':>4} {'step':>9} "
-    header += f"{'MFU<=':>6} {'tokens/s':>10}  bound"
-    rows = [header]
-    for p in points:
-        compiled_ = p["compiled"]
-        rows.append(
-            f"{_mesh(p['mesh']):>10} {p['remat_policy']:>5} {p['per_chip_batch']:>5} "
-            f"{_gib(p['hbm_bytes_per_chip']):>11} {'yes' if p['fits'] else 'no':>4} "
-            + (
-                f"{p['estimated_step_time_s'] * 1e3:7.2f}ms {p['estimated_mfu']:6.1%} "
-                f"{p['estimated_tokens_per_sec']:10.4g}  {p['estimate']['bound']}"
-                if compiled_
-                else f"{'-':>9} {'-':>6} {'-':>10}  {p['reason']}"
-            )
-        )
-    return "\n".join(rows)
+    return "\n".join([SWEEP_HEADER, *map(sweep_row, points)])

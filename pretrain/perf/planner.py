@@ -9,7 +9,7 @@ command line; `plan_table.py` prints the records.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -183,11 +183,13 @@ def sweep(
     per_chip_batches: Sequence[int] = (8, 16, 32, 64, 128),
     remat_policies: Sequence[str] = ("none", "dots", "full"),
     tensor_sizes: Sequence[int] = (1, 2, 4),
+    on_point: Callable[[dict[str, Any]], None] = lambda point: None,
 ) -> dict[str, Any]:
     """Every (mesh, remat, per-chip batch) point's train-step record, and the fastest that fits.
 
     Batches go up per (mesh, remat) until one does not fit (larger ones would not either); a
     mesh whose parameters and optimizer state alone exceed HBM is reported once, not compiled.
+    `on_point` sees each record as it is made (a full-size sweep takes many minutes).
     """
     topo = chips.parse_topology(topology, num_slices)
     devices = compiled.compile_only_devices(topo)
@@ -200,9 +202,11 @@ def sweep(
             too_big = _state_only_record(topo.chip, common)
             if too_big is not None:
                 points.append(too_big)
+                on_point(too_big)
                 break
             (program,) = compiled.compile_steps(c, mesh_, jitted, with_eval=False)
             points.append(_program_record(c, topo.chip, common, program))
+            on_point(points[-1])
             if not points[-1]["fits"]:
                 break
     return {"points": points, **_recommend(points, topo.chip)}
