@@ -93,16 +93,12 @@ def _collectives(r: dict) -> str:
     return " / ".join(_gib(r["collective_bytes"].get(k, 0)) for k in kinds)
 
 
-def _bound(r: dict) -> tuple[str, str]:
-    """(bound, MFU cell). Without the compiler's counts (GPUs) the compute floor is the model's
-    own FLOPs at peak, so an MFU bound would be 100% by construction: none is shown."""
-    est, mfu = r.get("estimate") or {}, r["estimated_mfu"]
-    if mfu is None:
-        return "", ""
-    if r.get("flops_per_chip") is None:
-        bound = est.get("bound", "")
-        return (f"{bound} (model FLOPs)" if bound == "compute" else bound), "-"
-    return est.get("bound", ""), f"{mfu:.0%}"
+def _bound(r: dict) -> str:
+    """Which floor bounds the step; on GPUs (no compiler counts) the compute floor is the model's
+    FLOPs at peak, so a compute-bound GPU row's MFU bound is 100% by construction."""
+    est = r.get("estimate") or {}
+    from_model = est.get("floors_from") == "model FLOPs" and est.get("bound") == "compute"
+    return f"{est.get('bound', '')}{' (model FLOPs)' if from_model else ''}"
 
 
 def table(rows: list[dict]) -> str:
@@ -116,14 +112,14 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['name']} | {r['topology']} | | error: {r['error']} |||||||")
             continue
-        step = r["estimated_step_time_s"]
-        bound, mfu = _bound(r)
+        step, mfu = r["estimated_step_time_s"], r["estimated_mfu"]
         lines.append(
             f"| {r['name']} | {r['topology']} | {r['per_chip_batch']} x {r['seq_len']} | "
             f"{'yes' if r['fits'] else 'no: ' + _why_not(r['reason'])} | "
             f"{_gib(r['hbm_bytes_per_chip']) or '-'} of {r['hbm_capacity_bytes'] / GiB:.0f} | "
             f"{_gib(r['temp_bytes'])} | {_collectives(r)} | "
-            f"{'' if step is None else f'{step * 1e3:.1f}'} | {bound} | {mfu} | "
+            f"{'' if step is None else f'{step * 1e3:.1f}'} | {_bound(r)} | "
+            f"{'' if mfu is None else f'{mfu:.0%}'} | "
             f"{r.get('compile_time_s') or 0:.0f} |"
         )
     return "\n".join(lines) + "\n"

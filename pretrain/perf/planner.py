@@ -199,15 +199,13 @@ def sweep(
         for batch in sorted(b for b in per_chip_batches if b % config.grad_accum_steps == 0):
             c = _with(config, mesh, remat, batch)
             mesh_, jitted, common = _setup(c, topo, devices)
-            too_big = _state_only_record(topo.chip, common)
-            if too_big is not None:
-                points.append(too_big)
-                on_point(too_big)
-                break
-            (program,) = compiled.compile_steps(c, mesh_, jitted, with_eval=False)
-            points.append(_program_record(c, topo.chip, common, program))
-            on_point(points[-1])
-            if not points[-1]["fits"]:
+            point = _state_only_record(topo.chip, common)
+            if point is None:
+                (program,) = compiled.compile_steps(c, mesh_, jitted, with_eval=False)
+                point = _program_record(c, topo.chip, common, program)
+            points.append(point)
+            on_point(point)
+            if not point["fits"]:
                 break
     return {"points": points, **_recommend(points, topo.chip)}
 
